@@ -1,0 +1,1 @@
+"""Shipped data files: marker panels and taxonomies (YAML)."""

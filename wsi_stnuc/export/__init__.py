@@ -1,0 +1,1 @@
+"""Writers: GeoParquet and QuPath GeoJSON."""

@@ -1,0 +1,120 @@
+"""File and column names of external formats and of our own tables, in one place.
+
+Every reader and writer refers to these names instead of spelling strings inline, so a
+vendor renaming a file or column is a one-line change here.
+"""
+
+from __future__ import annotations
+
+
+class Xenium:
+    """10x Xenium output bundle (XOA 1.x - 3.x)."""
+
+    CELLS_PARQUET = "cells.parquet"
+    CELLS_CSV = "cells.csv.gz"
+    NUCLEUS_BOUNDARIES = "nucleus_boundaries.parquet"
+    NUCLEUS_BOUNDARIES_CSV = "nucleus_boundaries.csv.gz"
+    CELL_BOUNDARIES = "cell_boundaries.parquet"
+    CELL_BOUNDARIES_CSV = "cell_boundaries.csv.gz"
+    MATRIX_H5 = "cell_feature_matrix.h5"
+    MATRIX_MEX_DIR = "cell_feature_matrix"
+    MATRIX_ZARR_ZIP = "cell_feature_matrix.zarr.zip"
+    TRANSCRIPTS = "transcripts.parquet"
+    EXPERIMENT = "experiment.xenium"
+    MORPHOLOGY_FOCUS = "morphology_focus.ome.tif"
+    HE_ALIGNMENT_SUFFIX = "he_imagealignment.csv"
+    HE_IMAGE_SUFFIX = "he_image.ome.tif"
+
+    # cells table
+    CELL_ID = "cell_id"
+    X_CENTROID = "x_centroid"
+    Y_CENTROID = "y_centroid"
+    CELL_AREA = "cell_area"
+    NUCLEUS_AREA = "nucleus_area"
+    TRANSCRIPT_COUNTS = "transcript_counts"
+    CONTROL_PROBE_COUNTS = "control_probe_counts"
+    CONTROL_CODEWORD_COUNTS = "control_codeword_counts"
+    TOTAL_COUNTS = "total_counts"
+    # boundary vertex tables
+    VERTEX_X = "vertex_x"
+    VERTEX_Y = "vertex_y"
+    LABEL_ID = "label_id"
+    # transcripts
+    TX_X = "x_location"
+    TX_Y = "y_location"
+    TX_Z = "z_location"
+    TX_FEATURE = "feature_name"
+    TX_QV = "qv"
+    TX_OVERLAPS_NUCLEUS = "overlaps_nucleus"
+    # experiment.xenium keys
+    PIXEL_SIZE = "pixel_size"
+    PANEL_NAME = "panel_name"
+    RUN_NAME = "run_name"
+    DEFAULT_PIXEL_SIZE_UM = 0.2125
+    # 10x HDF5 matrix layout
+    H5_MATRIX = "matrix"
+    H5_DATA = "data"
+    H5_INDICES = "indices"
+    H5_INDPTR = "indptr"
+    H5_SHAPE = "shape"
+    H5_BARCODES = "barcodes"
+    H5_FEATURES = "features"
+    H5_FEATURE_ID = "id"
+    H5_FEATURE_NAME = "name"
+    H5_FEATURE_TYPE = "feature_type"
+    H5_GENOME = "genome"
+    GENE_EXPRESSION = "Gene Expression"
+
+
+class LabelCols:
+    """Columns of a LabelSet (GeoParquet; geometry in H&E level-0 pixels)."""
+
+    CELL_ID = "cell_id"
+    GEOMETRY = "geometry"
+    CELL_TYPE = "cell_type"
+    IMAGE_CLASS = "image_class"
+    CONFIDENCE = "confidence"
+    WEIGHT = "weight"
+
+
+class NucleusCols:
+    """Columns of a NucleusTable (inference output; geometry in level-0 pixels)."""
+
+    NUCLEUS_ID = "nucleus_id"
+    GEOMETRY = "geometry"
+    CENTROID_X = "centroid_x"
+    CENTROID_Y = "centroid_y"
+    CLASS_ID = "class_id"
+    CLASS_NAME = "class_name"
+    DET_PROB = "det_prob"
+    PROB_PREFIX = "prob_"
+    AREA_UM2 = "area_um2"
+    PERIMETER_UM = "perimeter_um"
+    ECCENTRICITY = "eccentricity"
+    SOLIDITY = "solidity"
+    MEAN_H_OD = "mean_hematoxylin_od"
+    MEAN_E_OD = "mean_eosin_od"
+    TILE_ID = "tile_id"
+
+
+class QuPath:
+    """Keys of QuPath's GeoJSON (see ARCHITECTURE.md, QuPath contract)."""
+
+    OBJECT_TYPE = "objectType"
+    DETECTION = "detection"
+    CELL = "cell"
+    ANNOTATION = "annotation"
+    CLASSIFICATION = "classification"
+    MEASUREMENTS = "measurements"
+    NUCLEUS_GEOMETRY = "nucleusGeometry"
+    IS_LOCKED = "isLocked"
+
+
+class Slide:
+    """Metadata keys of slide readers."""
+
+    OPENSLIDE_MPP_X = "openslide.mpp-x"
+    OPENSLIDE_MPP_Y = "openslide.mpp-y"
+    OPENSLIDE_VENDOR = "openslide.vendor"
+    OPENSLIDE_OBJECTIVE = "openslide.objective-power"
+    OME_ZARR_MULTISCALES = "multiscales"

@@ -1,0 +1,1 @@
+"""The nucleus network, its post-processing and checkpoints."""

@@ -1,0 +1,1 @@
+"""Whole-slide images: readers behind one protocol, tissue detection, tiling, writing."""

@@ -1,0 +1,1 @@
+"""Spatial transcriptomics: read bundles, register to H&E, QC, cell typing, labels."""

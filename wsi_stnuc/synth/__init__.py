@@ -1,0 +1,1 @@
+"""Synthetic and semi-synthetic paired bundles (H&E slide + Xenium output)."""
