@@ -1,0 +1,3 @@
+"""CLI: `wsi-stnuc evaluate`."""
+
+COMMANDS: list = []
