@@ -58,9 +58,9 @@ def write_pyramidal_tiff(
     """
     path = Path(path)
     mpp_x, mpp_y = (mpp, mpp) if np.isscalar(mpp) else mpp
+    if len(image.shape) != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{path}: expected an H x W x 3 uint8 image, got {image.shape} {image.dtype}")
     level = image if isinstance(image, da.Array) else da.from_array(image, chunks=(tile * 4, tile * 4, -1))
-    if level.ndim != 3 or level.shape[2] != 3 or level.dtype != np.uint8:
-        raise ValueError(f"{path}: expected an H x W x 3 uint8 image, got {level.shape} {level.dtype}")
     levels = [level]
     while max(levels[-1].shape[:2]) >= 2 * min_level_size:
         levels.append(_downsample2(levels[-1]))
