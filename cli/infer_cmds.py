@@ -1,3 +1,81 @@
-"""CLI commands (filled in by the stage that owns them)."""
+"""CLI: ``wsi-stnuc infer`` — a thin shell over :func:`wsi_stnuc.cohort.run_cohort`."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("infer")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--model", "model_path", required=True, type=click.Path(path_type=Path),
+    help="Trained wsi-stnuc checkpoint (.pt).",
+)  # fmt: skip
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (GeoParquet, QuPath GeoJSON, manifest, summary).")  # fmt: skip
+@click.option("--resume", is_flag=True,
+              help="Skip finished slides and continue partial ones where they stopped.")  # fmt: skip
+@click.option("--mpp", type=float, default=None,
+              help="µm/px at level 0 for slides without it (a manifest's mpp column wins).")  # fmt: skip
+@click.option("--qupath/--no-qupath", default=True, show_default=True,
+              help="Also write QuPath GeoJSON.")  # fmt: skip
+@click.option("--qupath-cells", is_flag=True,
+              help="Export cells (nuclei grown by 5 µm within Voronoi regions) for QuPath.")  # fmt: skip
+@click.option("--zip", "zipped", flag_value=True, default=None,
+              help="Zip the GeoJSON (default: zipped above 200k nuclei).")  # fmt: skip
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on an existing Dask scheduler (tcp://host:8786), one slide per task.")  # fmt: skip
+@click.option("--local-cluster", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run on a local Dask cluster of N workers (one per GPU on GPU machines).")  # fmt: skip
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--core", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Tile core size (model pixels).")  # fmt: skip
+@click.option("--halo", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Tile halo (model pixels); must exceed the largest nucleus.")  # fmt: skip
+@click.option("--tissue/--no-tissue", default=True, show_default=True,
+              help="Only process tiles that touch detected tissue.")  # fmt: skip
+def infer(
+    inputs: tuple[str, ...],
+    model_path: Path,
+    out_dir: Path,
+    resume: bool,
+    mpp: float | None,
+    qupath: bool,
+    qupath_cells: bool,
+    zipped: bool | None,
+    scheduler: str | None,
+    local_cluster: int | None,
+    device: str,
+    batch_size: int,
+    core: int,
+    halo: int,
+    tissue: bool,
+) -> None:
+    """Segment and classify nuclei in slides: INPUTS are slide files, folders, globs or CSV
+    manifests (columns: path, optional mpp and name). Exits with 1 if any slide failed."""
+    from wsi_stnuc.cohort import run_cohort
+    from wsi_stnuc.errors import InputError
+
+    if scheduler and local_cluster:
+        raise click.UsageError("--scheduler and --local-cluster are exclusive")
+    if not model_path.is_file():
+        raise InputError(model_path, "model checkpoint not found")
+    result = run_cohort(
+        list(inputs), model_path, out_dir,
+        resume=resume, scheduler=scheduler, local_cluster=local_cluster, mpp=mpp,
+        device=device, batch_size=batch_size, core=core, halo=halo, tissue=tissue,
+        qupath=qupath, qupath_zip=zipped, qupath_cells=qupath_cells,
+    )  # fmt: skip
+    n_ok = len(result.rows) - result.n_failed
+    click.echo(f"{n_ok} of {len(result.rows)} slides done; manifest: {result.manifest}")
+    for row in result.rows:
+        if row["status"] != "ok":
+            click.secho(f"failed: {row['path']}: {row['error']}", fg="red", err=True)
+    if result.n_failed:
+        raise SystemExit(1)
+
+
+COMMANDS = [infer]

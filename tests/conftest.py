@@ -27,3 +27,15 @@ def require(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def cmu_slide(data_dir: Path) -> Path:
     return require(data_dir / "slides" / "CMU-1-Small-Region.svs")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests where no CUDA device is present (CI never has one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

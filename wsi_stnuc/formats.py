@@ -108,6 +108,9 @@ class QuPath:
     MEASUREMENTS = "measurements"
     NUCLEUS_GEOMETRY = "nucleusGeometry"
     IS_LOCKED = "isLocked"
+    # our measurement tagging each object with the model that made it (24-bit, exact in
+    # QuPath's float32 measurement lists); groovy/import_wsi_stnuc.groovy relies on it
+    MODEL_TAG = "wsi_stnuc_model_id"
 
 
 class Slide:

@@ -33,8 +33,10 @@ def _tiles(level: da.Array, tile: int) -> Iterator[np.ndarray]:
 def _downsample2(level: da.Array) -> da.Array:
     height, width = level.shape[:2]
     even = level[: height - height % 2, : width - width % 2]
-    return da.coarsen(np.mean, even.astype(np.float32), {0: 2, 1: 2}, trim_excess=True).round().astype(
-        np.uint8
+    return (
+        da.coarsen(np.mean, even.astype(np.float32), {0: 2, 1: 2}, trim_excess=True)
+        .round()
+        .astype(np.uint8)
     )
 
 
@@ -59,8 +61,14 @@ def write_pyramidal_tiff(
     path = Path(path)
     mpp_x, mpp_y = (mpp, mpp) if np.isscalar(mpp) else mpp
     if len(image.shape) != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"{path}: expected an H x W x 3 uint8 image, got {image.shape} {image.dtype}")
-    level = image if isinstance(image, da.Array) else da.from_array(image, chunks=(tile * 4, tile * 4, -1))
+        raise ValueError(
+            f"{path}: expected an H x W x 3 uint8 image, got {image.shape} {image.dtype}"
+        )
+    level = (
+        image
+        if isinstance(image, da.Array)
+        else da.from_array(image, chunks=(tile * 4, tile * 4, -1))
+    )
     levels = [level]
     while max(levels[-1].shape[:2]) >= 2 * min_level_size:
         levels.append(_downsample2(levels[-1]))

@@ -1,0 +1,89 @@
+"""``wsi-stnuc infer`` end to end with a real (tiny, untrained) checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from wsi_stnuc_cli import main as cli_main
+
+from wsi_stnuc.classes import ClassTable
+from wsi_stnuc.export.geoparquet import read_geoparquet_metadata
+from wsi_stnuc.model.checkpoint import save_checkpoint
+from wsi_stnuc.model.net import NucleiNet
+
+
+def _helpers():
+    path = Path(__file__).parents[1] / "test_infer.py"
+    spec = importlib.util.spec_from_file_location("_infer_test_helpers_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+H = _helpers()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    classes = ClassTable.from_names(["epithelial", "inflammatory"])
+    model = NucleiNet(classes.n_classes, width=4, depth=2)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    return save_checkpoint(path, model, classes=classes, mpp=0.5)
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli_main.cli, ["infer", *map(str, args)])
+
+
+def test_infer_folder_with_a_bad_slide(checkpoint, tmp_path):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    H.synthetic_slide(slides / "good.tif", size=(150, 130))
+    (slides / "broken.tif").write_bytes(b"not a tiff at all")
+    out = tmp_path / "out"
+    args = ["--model", checkpoint, slides, "--out", out, "--no-tissue", "--core", "64",
+            "--halo", "16", "--batch-size", "2", "--zip"]  # fmt: skip
+    result = _invoke(*args)
+    assert result.exit_code == 1, result.output
+    assert "broken.tif" in result.output
+    manifest = pd.read_csv(out / "manifest.csv").set_index("name")
+    assert manifest.loc["good", "status"] == "ok"
+    assert manifest.loc["broken", "status"] == "failed"
+    meta = read_geoparquet_metadata(out / "good.parquet")
+    assert meta["model"]["name"] == "tiny.pt" and len(meta["model"]["sha256"]) == 64
+    assert (out / "good.geojson.zip").is_file()
+    # rerun with --resume on the good slide alone: skipped, exit 0
+    again = _invoke("--model", checkpoint, slides / "good.tif", "--out", out, "--resume",
+                    "--no-tissue")  # fmt: skip
+    assert again.exit_code == 0, again.output
+
+
+def test_infer_usage_errors(checkpoint, tmp_path):
+    missing = _invoke("--model", tmp_path / "none.pt", tmp_path, "--out", tmp_path / "o")
+    assert missing.exit_code == 2 and "none.pt" in missing.output
+    both = _invoke("--model", checkpoint, tmp_path, "--out", tmp_path / "o", "--scheduler",
+                   "tcp://x:1", "--local-cluster", "2")  # fmt: skip
+    assert both.exit_code == 2
+    nothing = _invoke("--model", checkpoint, tmp_path / "nope*.svs", "--out", tmp_path / "o")
+    assert nothing.exit_code == 2 and "glob matches no file" in nothing.output
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_slide_with_tissue_detection(checkpoint, cmu_slide, tmp_path):
+    from wsi_stnuc.infer import checkpoint_segmenter, infer_slide
+
+    seg = checkpoint_segmenter(checkpoint, "cpu")
+    seg.mpp = 2.0  # coarse, so the CPU run stays short; the pipeline is what is tested
+    res = infer_slide(seg, cmu_slide, tmp_path, core=128, halo=16, batch_size=4,
+                      progress=False)  # fmt: skip
+    assert 0 < res.tissue_area_mm2 < 2220 * 2967 * 0.499**2 / 1e6
+    meta = read_geoparquet_metadata(res.parquet)
+    assert meta["slide"]["mpp"][0] == pytest.approx(0.499, abs=1e-3)
+    assert res.n_tiles == meta["tiling"]["n_rows"] * meta["tiling"]["n_cols"] or res.n_tiles > 0

@@ -1,0 +1,125 @@
+"""QuPath GeoJSON contract and round trip."""
+
+from __future__ import annotations
+
+import json
+import uuid
+import zipfile
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+
+from wsi_stnuc.classes import ClassTable
+from wsi_stnuc.errors import InputError
+from wsi_stnuc.export.qupath import deterministic_uuids, read_qupath_geojson, write_qupath_geojson
+from wsi_stnuc.formats import NucleusCols, QuPath
+
+CLASSES = ClassTable.from_names(["epithelial", "inflammatory"])
+
+
+def _nuclei(n: int = 7) -> gpd.GeoDataFrame:
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (n, 2)).round(1)
+    geoms = shapely.buffer(shapely.points(xy), 4.0, quad_segs=3)
+    geoms = shapely.transform(geoms, lambda c: np.round(c, 2))
+    names = np.array(["epithelial", "inflammatory", "unknown", None] * n, dtype=object)[:n]
+    area = rng.uniform(10, 50, n)
+    area[1::5] = np.nan
+    return gpd.GeoDataFrame(
+        {
+            NucleusCols.NUCLEUS_ID: np.arange(1, n + 1, dtype=np.int64),
+            NucleusCols.CLASS_ID: np.arange(n) % 3,
+            NucleusCols.CLASS_NAME: names,
+            NucleusCols.AREA_UM2: area,
+            NucleusCols.DET_PROB: rng.uniform(0, 1, n),
+        },
+        geometry=geoms,
+    )
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".zip"])
+def test_contract(tmp_path, suffix):
+    gdf = _nuclei()
+    path = write_qupath_geojson(gdf, tmp_path / f"slide{suffix}", classes=CLASSES, chunk_size=3)
+    if suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            assert zf.namelist() == ["slide.geojson"]
+            doc = json.loads(zf.read("slide.geojson"))
+    else:
+        doc = json.loads(path.read_text())
+    assert doc["type"] == "FeatureCollection"
+    feats = doc["features"]
+    assert len(feats) == len(gdf)
+    assert len({f["id"] for f in feats}) == len(gdf)
+    for f, (_, row) in zip(feats, gdf.iterrows(), strict=True):
+        assert f["type"] == "Feature"
+        assert str(uuid.UUID(f["id"])) == f["id"]
+        props = f["properties"]
+        assert "type" not in props
+        assert props[QuPath.OBJECT_TYPE] == QuPath.DETECTION
+        assert props[QuPath.IS_LOCKED] is False
+        meas = props[QuPath.MEASUREMENTS]
+        # ids and class ids are not measurements; NaN is dropped
+        assert set(meas) <= {NucleusCols.AREA_UM2, NucleusCols.DET_PROB}
+        assert meas[NucleusCols.DET_PROB] == pytest.approx(row[NucleusCols.DET_PROB])
+        assert (NucleusCols.AREA_UM2 in meas) == np.isfinite(row[NucleusCols.AREA_UM2])
+        name = row[NucleusCols.CLASS_NAME]
+        if name is None:
+            assert QuPath.CLASSIFICATION not in props
+        else:
+            assert props[QuPath.CLASSIFICATION] == {
+                "name": name,
+                "color": list(CLASSES.color_of(name)),
+            }
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_round_trip(tmp_path):
+    gdf = _nuclei(20)
+    back = read_qupath_geojson(write_qupath_geojson(gdf, tmp_path / "s.geojson", chunk_size=6))
+    assert shapely.equals_exact(back.geometry.to_numpy(), gdf.geometry.to_numpy(), 1e-9).all()
+    assert list(back[NucleusCols.CLASS_NAME]) == list(gdf[NucleusCols.CLASS_NAME])
+    np.testing.assert_allclose(back[NucleusCols.DET_PROB], gdf[NucleusCols.DET_PROB])
+    np.testing.assert_allclose(back[NucleusCols.AREA_UM2], gdf[NucleusCols.AREA_UM2])
+
+
+def test_ids_are_stable_and_keyed():
+    ids = np.arange(1000)
+    a = deterministic_uuids("slideA", ids)
+    assert (a == deterministic_uuids("slideA", ids)).all()
+    assert len(set(a)) == 1000
+    b = deterministic_uuids("slideB", ids)
+    assert not set(a) & set(b)
+    for s in a[:50]:
+        u = uuid.UUID(s)
+        assert u.version == 8 and u.variant == uuid.RFC_4122
+
+
+def test_cells_with_nucleus_geometry(tmp_path):
+    gdf = _nuclei(4)
+    cells = gdf.copy()
+    cells["nucleus"] = gdf.geometry
+    cells = cells.set_geometry(gdf.geometry.buffer(3.0))
+    path = write_qupath_geojson(cells, tmp_path / "c.geojson", nucleus_geometry_column="nucleus")
+    feats = json.loads(path.read_text())["features"]
+    assert all(f["properties"][QuPath.OBJECT_TYPE] == QuPath.CELL for f in feats)
+    assert all(QuPath.NUCLEUS_GEOMETRY in f for f in feats)
+    assert all(QuPath.NUCLEUS_GEOMETRY not in f["properties"] for f in feats)
+    back = read_qupath_geojson(path)
+    nuc = shapely.from_geojson([json.dumps(f[QuPath.NUCLEUS_GEOMETRY]) for f in feats])
+    assert shapely.equals_exact(nuc, gdf.geometry.to_numpy(), 1e-9).all()
+    assert back.geometry.area.gt(gdf.geometry.area.to_numpy()).all()
+
+
+def test_empty_and_bad_input(tmp_path):
+    empty = _nuclei(0)
+    doc = json.loads(write_qupath_geojson(empty, tmp_path / "e.geojson").read_text())
+    assert doc == {"type": "FeatureCollection", "features": []}
+    with pytest.raises(InputError, match="nope"):
+        write_qupath_geojson(_nuclei(2), tmp_path / "x.geojson", class_column="nope")
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="bad.geojson"):
+        read_qupath_geojson(bad)

@@ -1,0 +1,69 @@
+"""HoVer-Net losses: unknown (255) pixels get segmentation loss but no class loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wsi_stnuc.classes import IGNORE_CLASS
+from wsi_stnuc.model.losses import hovernet_loss
+
+
+def setup(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = {
+        "np": torch.randn(2, 2, 16, 16, generator=g),
+        "hv": torch.randn(2, 2, 16, 16, generator=g),
+        "tp": torch.randn(2, 3, 16, 16, generator=g),
+    }
+    cls = torch.zeros(2, 16, 16, dtype=torch.long)
+    cls[:, 2:7, 2:7] = 1
+    cls[:, 9:14, 9:14] = IGNORE_CLASS
+    hv = torch.zeros(2, 2, 16, 16)
+    hv[:, 0, 2:7, 2:7] = torch.linspace(-1, 1, 5)
+    return out, cls, hv, torch.ones(2, 16, 16)
+
+
+def test_unknown_pixels_no_class_loss_but_segmentation_loss():
+    out, cls, hv, w = setup()
+    base = hovernet_loss(out, cls, hv, w)
+    changed = {k: v.clone() for k, v in out.items()}
+    changed["tp"][:, :, 9:14, 9:14] = torch.randn(2, 3, 5, 5) * 5  # class logits on unknown
+    moved = hovernet_loss(changed, cls, hv, w)
+    assert moved["tp_ce"] == pytest.approx(float(base["tp_ce"]))
+    assert moved["tp_dice"] == pytest.approx(float(base["tp_dice"]))
+    changed["np"][:, :, 9:14, 9:14] = torch.randn(2, 2, 5, 5) * 5  # nucleus logits there
+    moved = hovernet_loss(changed, cls, hv, w)
+    assert moved["np_ce"] != pytest.approx(float(base["np_ce"]))
+
+
+def test_gradients_and_weights():
+    out, cls, hv, w = setup()
+    out = {k: v.requires_grad_() for k, v in out.items()}
+    terms = hovernet_loss(out, cls, hv, w)
+    terms["total"].backward()
+    assert out["tp"].grad[:, :, 9:14, 9:14].abs().max() == 0
+    assert out["tp"].grad[:, :, 2:7, 2:7].abs().max() > 0
+    assert out["np"].grad[:, :, 9:14, 9:14].abs().max() > 0
+    # Zero weight on a region removes it from every term.
+    w0 = w.clone()
+    w0[:, 2:7, 2:7] = 0
+    a = hovernet_loss({k: v.detach() for k, v in out.items()}, cls, hv, w0)
+    perfect = {k: v.detach().clone() for k, v in out.items()}
+    perfect["hv"][:, :, 2:7, 2:7] = hv[:, :, 2:7, 2:7] + 3.0
+    b = hovernet_loss(perfect, cls, hv, w0)
+    assert a["hv_mse"] == pytest.approx(float(b["hv_mse"]))
+
+
+def test_perfect_prediction_has_small_loss():
+    _, cls, hv, w = setup()
+    fg = (cls > 0).long()
+    known = torch.where(cls == IGNORE_CLASS, torch.zeros_like(cls), cls)
+    out = {
+        "np": torch.nn.functional.one_hot(fg, 2).permute(0, 3, 1, 2).float() * 20,
+        "hv": hv.clone(),
+        "tp": torch.nn.functional.one_hot(known, 3).permute(0, 3, 1, 2).float() * 20,
+    }
+    terms = hovernet_loss(out, cls, hv, w)
+    assert float(terms["total"]) < 0.05
+    assert float(terms["hv_msge"]) == pytest.approx(0.0, abs=1e-9)
