@@ -1,3 +1,270 @@
-"""CLI commands (filled in by the stage that owns them)."""
+"""CLI: ``wsi-stnuc celltype`` and ``labels`` — thin shells over ``wsi_stnuc.st``."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from wsi_stnuc.errors import InputError
+
+_METHODS = ["panel", "cluster", "transfer"]
+
+typing_options = [
+    click.option(
+        "--panel",
+        default=None,
+        help="Marker panel YAML, or a shipped panel name (human_breast, immuno_oncology). "
+        "Default: human_breast.",
+    ),
+    click.option(
+        "--reference",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="Labelled reference .h5ad for label transfer (implies --method transfer).",
+    ),
+    click.option(
+        "--reference-key",
+        default="cell_type",
+        show_default=True,
+        help="obs column of the reference holding the cell types.",
+    ),
+    click.option(
+        "--method",
+        type=click.Choice(_METHODS),
+        default=None,
+        help="Typing method (default: panel, or transfer with --reference).",
+    ),
+    click.option(
+        "--taxonomy",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="Taxonomy YAML: cell type -> image class (default: shipped).",
+    ),
+    click.option(
+        "--min-confidence",
+        type=float,
+        default=0.2,
+        show_default=True,
+        help="Below this typing confidence the image class is 'unknown'.",
+    ),
+]
+
+
+def _apply(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+def _method(method: str | None, reference: Path | None) -> str:
+    if reference is not None and method not in (None, "transfer"):
+        raise click.UsageError("--reference is for --method transfer")
+    if method == "transfer" and reference is None:
+        raise click.UsageError("--method transfer needs --reference REF.h5ad")
+    return method or ("transfer" if reference is not None else "panel")
+
+
+def _read_h5ad(path: Path):
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(path, f"cannot read AnnData ({exc})") from exc
+
+
+@click.command("celltype")
+@click.argument("adata", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output CSV: cell_id, cell_type, image_class, confidence.",
+)
+@_apply(typing_options)
+def celltype(adata, out, panel, reference, reference_key, method, taxonomy, min_confidence):
+    """Type the cells of ADATA (.h5ad, or a Xenium output folder) from their expression."""
+    from wsi_stnuc.classes import load_taxonomy
+    from wsi_stnuc.io_utils import atomic_path
+    from wsi_stnuc.st.celltype import image_classes, type_cells
+
+    how = _method(method, reference)
+    if adata.is_dir():
+        from wsi_stnuc.st.xenium import read_xenium
+
+        data = read_xenium(adata).adata
+    else:
+        data = _read_h5ad(adata)
+    ref = _read_h5ad(reference) if reference is not None else None
+    tax = load_taxonomy(taxonomy)
+    types = type_cells(data, how, panel=panel, reference=ref, reference_key=reference_key)
+    types["image_class"] = image_classes(types, tax, min_confidence=min_confidence)
+    table = types[["cell_type", "image_class", "confidence"]].rename_axis("cell_id")
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, float_format="%.4f")
+    click.echo(f"typed {len(table)} cells with {how} -> {out}")
+    click.echo(table["image_class"].value_counts().to_string())
+
+
+def _matrix(bundle, alignment, keypoints, matrix_text):
+    """ST µm -> level-0 px, from exactly one of the three sources (or the bundle's CSV)."""
+    from wsi_stnuc.st.align import (
+        affine_from_keypoints,
+        microns_to_slide_matrix,
+        parse_matrix,
+        read_alignment_csv,
+    )
+
+    given = [x for x in (alignment, keypoints, matrix_text) if x is not None]
+    if len(given) > 1:
+        raise click.UsageError("give only one of --alignment, --keypoints, --matrix")
+    if matrix_text is not None:
+        return parse_matrix(matrix_text), None
+    if keypoints is not None:
+        m, resid = affine_from_keypoints(keypoints, pixel_size=bundle.pixel_size)
+        return microns_to_slide_matrix(m, bundle.pixel_size), resid
+    if alignment is None and bundle.meta.get("he_alignment"):
+        alignment = Path(bundle.meta["he_alignment"])
+        click.echo(f"using the bundle's alignment {alignment.name}")
+    if alignment is None:
+        raise click.UsageError(
+            "no alignment: give --alignment CSV, --keypoints CSV or --matrix a,b,c,d,e,f"
+        )
+    return microns_to_slide_matrix(read_alignment_csv(alignment), bundle.pixel_size), None
+
+
+@click.command("labels")
+@click.option(
+    "--xenium",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Xenium output folder.",
+)
+@click.option(
+    "--h5ad",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="AnnData of counts (with --polygons), instead of --xenium.",
+)
+@click.option(
+    "--polygons",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Nucleus polygons (GeoParquet, GeoJSON or vertex CSV), µm.",
+)
+@click.option(
+    "--slide",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The H&E whole-slide image of the same section.",
+)
+@click.option("--mpp", type=float, default=None, help="Override the slide's µm/px.")
+@click.option(
+    "--alignment",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="10x *_he_imagealignment.csv (H&E px -> morphology px).",
+)
+@click.option(
+    "--keypoints",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Xenium Explorer keypoints CSV (fixedX,fixedY,alignmentX,...).",
+)
+@click.option(
+    "--matrix",
+    "matrix_text",
+    default=None,
+    help="Affine ST µm -> slide level-0 px as 'a,b,c,d,e,f' (x' = ax+by+c).",
+)
+@_apply(typing_options)
+@click.option("--no-refine", is_flag=True, help="Skip automatic refinement from H&E nuclei.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output LabelSet (GeoParquet).",
+)
+@click.option(
+    "--qupath",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write QuPath GeoJSON (.geojson, or .zip for large slides).",
+)
+def labels(
+    xenium,
+    h5ad,
+    polygons,
+    slide,
+    mpp,
+    alignment,
+    keypoints,
+    matrix_text,
+    panel,
+    reference,
+    reference_key,
+    method,
+    taxonomy,
+    min_confidence,
+    no_refine,
+    out,
+    qupath,
+):
+    """Build training labels: ST nuclei on the H&E slide, classed by expression."""
+    from wsi_stnuc.classes import load_taxonomy
+    from wsi_stnuc.slide.registry import open_slide
+    from wsi_stnuc.st.labels import build_labelset, write_labelset
+
+    if (xenium is None) == (h5ad is None):
+        raise click.UsageError("give either --xenium DIR or --h5ad FILE --polygons FILE")
+    if xenium is not None:
+        from wsi_stnuc.st.xenium import read_xenium
+
+        bundle = read_xenium(xenium)
+    else:
+        if polygons is None:
+            raise click.UsageError("--h5ad needs --polygons")
+        from wsi_stnuc.st.generic import read_anndata_polygons
+
+        bundle = read_anndata_polygons(h5ad, polygons)
+    how = _method(method, reference)
+    ref = _read_h5ad(reference) if reference is not None else None
+    tax = load_taxonomy(taxonomy)
+    a, kp_resid = _matrix(bundle, alignment, keypoints, matrix_text)
+    if kp_resid is not None:
+        click.echo(f"keypoint fit: median residual {kp_resid:.2f} µm")
+    with open_slide(slide, mpp=mpp) as reader:
+        gdf, report = build_labelset(
+            bundle,
+            reader,
+            a,
+            tax,
+            typing=how,
+            panel=panel,
+            reference=ref,
+            min_confidence=min_confidence,
+            refine=not no_refine,
+        )
+    extra = {"source": str(bundle.source), "slide": str(slide), "report": report.to_dict()}
+    write_labelset(gdf, out, tax.classes, extra=extra)
+    click.echo(str(report))
+    click.echo(f"wrote {len(gdf)} labelled nuclei -> {out}")
+    if qupath is not None:
+        from wsi_stnuc.export.qupath import write_qupath_geojson
+
+        write_qupath_geojson(
+            gdf,
+            qupath,
+            class_column="image_class",
+            classes=tax.classes,
+            measurement_columns=["confidence", "weight"],
+            object_type="detection",
+        )
+        click.echo(f"wrote QuPath GeoJSON -> {qupath}")
+
+
+COMMANDS = [celltype, labels]

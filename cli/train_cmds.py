@@ -1,3 +1,88 @@
-"""CLI commands (filled in by the stage that owns them)."""
+"""CLI: ``wsi-stnuc dataset`` (LabelSet + slide -> zarr patches) and ``wsi-stnuc train``."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+_PATH = click.Path(path_type=Path)
+_EXISTING = click.Path(exists=True, path_type=Path)
+
+
+@click.command("dataset")
+@click.option("--slide", "slide", type=_EXISTING, required=True, help="H&E whole-slide image.")
+@click.option("--labels", type=_EXISTING, required=True, help="LabelSet GeoParquet.")
+@click.option("--out", type=_PATH, required=True, help="Output patch dataset (DS.zarr).")
+@click.option("--mpp", type=float, default=0.5, show_default=True, help="Model µm/px.")
+@click.option("--patch", type=int, default=256, show_default=True, help="Patch size (model px).")
+@click.option("--stride", type=int, default=None, help="Patch step (model px; default: patch).")
+@click.option("--taxonomy", type=_EXISTING, default=None,
+              help="Taxonomy YAML whose classes to train (default: the LabelSet's class table).")  # fmt: skip
+@click.option("--block-um", type=float, default=512.0, show_default=True,
+              help="Side of the spatial blocks the train/val split draws.")  # fmt: skip
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--slide-mpp", type=float, default=None,
+              help="Override the slide's level-0 µm/px (for files without it).")  # fmt: skip
+def dataset_cmd(slide, labels, out, mpp, patch, stride, taxonomy, block_um, val_fraction, seed,
+                slide_mpp) -> None:  # fmt: skip
+    """Cut training patches (image + targets) around labelled nuclei into a zarr dataset."""
+    from wsi_stnuc.classes import load_taxonomy
+    from wsi_stnuc.dataset import build_patch_dataset, open_patch_dataset
+    from wsi_stnuc.st.labels import read_labelset
+
+    gdf, classes = read_labelset(labels)
+    if taxonomy is not None:
+        classes = load_taxonomy(taxonomy).classes
+    path = build_patch_dataset(
+        slide, gdf, out, classes=classes, mpp=mpp, patch=patch, stride=stride,
+        block_um=block_um, val_fraction=val_fraction, seed=seed, slide_mpp=slide_mpp,
+        progress=True,
+    )  # fmt: skip
+    attrs = open_patch_dataset(path).attrs
+    click.echo(
+        f"{path}: {attrs['n_train']} training + {attrs['n_val']} validation patches of "
+        f"{patch} px at {mpp:g} µm/px; classes {', '.join(classes.names)}"
+    )
+
+
+@click.command("train")
+@click.argument("dataset", type=_EXISTING)
+@click.option("--out", type=_PATH, required=True, help="Output folder (best.pt, last.pt, log.csv).")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--width", type=int, default=16, show_default=True)
+@click.option("--depth", type=int, default=4, show_default=True)
+@click.option("--encoder", default="unet", show_default=True, help="'unet' or 'timm:NAME'.")
+@click.option("--pretrained", type=_EXISTING, default=None, help="Local encoder weights file.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--max-minutes", type=float, default=None, help="Stop training after this long.")
+@click.option("--patience", type=int, default=8, show_default=True,
+              help="Epochs without validation PQ gain before stopping.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--resume", type=_EXISTING, default=None, help="Continue from a last.pt.")
+def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretrained, device,
+              max_minutes, patience, seed, workers, threads, resume) -> None:  # fmt: skip
+    """Train the nucleus network on a patch dataset."""
+    import pandas as pd
+
+    from wsi_stnuc.train import LOG, TrainConfig, train_model
+
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, width=width, depth=depth, encoder=encoder,
+        pretrained_path=str(pretrained) if pretrained else None, device=device,
+        max_minutes=max_minutes, patience=patience, seed=seed, num_workers=workers,
+        threads=threads,
+    )  # fmt: skip
+    best = train_model(dataset, out, cfg, resume=resume)
+    log = pd.read_csv(Path(out) / LOG)
+    cols = [c for c in ("epoch", "train_total", "val_loss", "val_pq", "val_cls_acc") if c in log]
+    click.echo(log[cols].tail(5).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"best checkpoint: {best}")
+
+
+COMMANDS = [dataset_cmd, train_cmd]

@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import shapely
 
-from tests.conftest import require
 from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.errors import InputError
-from wsi_stnuc.eval_io import evaluate, load_instances, rasterize_polygons
+from wsi_stnuc.eval_io import (
+    evaluate,
+    evaluate_set,
+    load_instances,
+    pair_files,
+    rasterize_polygons,
+    to_raster,
+)
 from wsi_stnuc.export.geoparquet import write_geoparquet
 from wsi_stnuc.export.qupath import write_qupath_geojson
 
@@ -164,13 +170,43 @@ def test_evaluate_modes_agree(tmp_path):
         evaluate(pred_poly, ref_poly)
 
 
+def test_pair_files_and_evaluate_set(tmp_path):
+    preds, refs = tmp_path / "pred", tmp_path / "ref"
+    preds.mkdir()
+    refs.mkdir()
+    lab = _label_image()
+    half = lab.copy()
+    half[lab == 3] = 0
+    np.save(refs / "a.npy", lab)
+    np.save(refs / "b.npy", lab)
+    np.save(preds / "a.npy", lab)
+    np.savez(preds / "b.npz", inst=half)  # other suffix, same name
+    np.save(preds / "extra.npy", lab)
+    pairs = pair_files(preds, refs)
+    assert [(p.name, r.name) for p, r in pairs] == [("a.npy", "a.npy"), ("b.npz", "b.npy")]
+    loaded = [(load_instances(p), load_instances(r)) for p, r in pairs]
+    res = evaluate_set(loaded, mpp=0.5)
+    assert [row["pq"] for row in res["images"]] == [1.0, pytest.approx(1 / 1.25)]
+    assert res["summary"]["pq"] == pytest.approx((1.0 + 1 / 1.25) / 2)
+    assert res["summary"]["fn"] == 1 and res["summary"]["n_images"] == 2
+    (refs / "c.npy").write_bytes((refs / "a.npy").read_bytes())
+    with pytest.raises(InputError, match="no prediction"):
+        pair_files(preds, refs)
+
+
+def require(path):
+    if not path.exists():
+        pytest.skip(f"real data file missing: {path}")
+    return path
+
+
 @pytest.mark.realdata
 def test_real_monuseg_and_consep(data_dir):
     ann = data_dir / "nuclei" / "monuseg_train" / "annotations"
     xml = require(next(iter(sorted(ann.glob("*.xml.gz"))), ann / "missing.xml.gz"))
     poly = load_instances(xml, mpp=0.25)
     assert len(poly) > 100
-    ras = load_instances(xml, shape=(1000, 1000), mpp=0.25)
+    ras = to_raster(poly, (1000, 1000))
     r = evaluate(poly, ras)
     assert r["pq"] > 0.95 and r["f1d"] > 0.99  # rasterising loses only sub-pixel slivers
     npz = require(data_dir / "nuclei" / "consep_train" / "labels" / "train_1_000.npz")

@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.export.geoparquet import read_geoparquet_metadata
 from wsi_stnuc.export.qupath import read_qupath_geojson
-from wsi_stnuc.formats import NucleusCols
+from wsi_stnuc.formats import NucleusCols, QuPath
 from wsi_stnuc.infer import Segmenter, infer_slide, slide_outputs
 from wsi_stnuc.slide.write import write_pyramidal_tiff
 from wsi_stnuc.stitch import label_centroids
@@ -136,6 +136,7 @@ def test_oracle_finds_every_nucleus_once(slide, tmp_path):
     assert res.tissue_area_mm2 == pytest.approx(520 * 430 * 0.25 / 1e6)
     qp = read_qupath_geojson(res.geojson)
     assert len(qp) == len(table) and len(set(qp["id"])) == len(table)
+    assert (qp[QuPath.MODEL_TAG] == res.model_tag).all()  # the Groovy import keys on it
     assert not slide_outputs(tmp_path, "syn")["parts"].exists()
     assert not list(tmp_path.rglob("*.partial"))
 
@@ -222,3 +223,13 @@ def test_summary_json(slide, tmp_path):
     summary = json.loads(slide_outputs(tmp_path, "syn")["summary"].read_text())
     assert summary["n_nuclei"] == res.n_nuclei and summary["geojson"] is None
     assert not list(tmp_path.glob("*.geojson*"))
+
+
+def test_blank_slide_with_tissue_detection(tmp_path):
+    rgb = np.full((300, 260, 3), 245, np.uint8)
+    path = write_pyramidal_tiff(tmp_path / "blank.tif", rgb, 0.5, tile=128, compression="zlib")
+    res = _run(oracle(), path, tmp_path / "out", tissue=True)
+    assert res.n_nuclei == 0 and res.n_tiles == 0 and res.tissue_area_mm2 == 0
+    table = gpd.read_parquet(res.parquet)
+    assert len(table) == 0 and NucleusCols.CLASS_NAME in table.columns
+    assert read_qupath_geojson(res.geojson).empty

@@ -92,6 +92,22 @@ def test_aji_prediction_shared_by_two_true_objects():
     assert M.aji(t, p) == pytest.approx(0.5)
 
 
+def test_aji_plus_pairs_one_to_one():
+    # Same merge as above: AJI+ pairs the prediction with one true nucleus only (tie: either):
+    # C = 2, U = 4 (pair) + 2 (the other true nucleus) = 6.
+    t = np.array([[1, 1, 2, 2]], np.int32)
+    p = np.array([[1, 1, 1, 1]], np.int32)
+    assert M.aji_plus(t, p) == pytest.approx(2 / 6)
+    # maximises summed IoU: true 1 (4 px) vs preds a (3 px inside) and b (covers 1 px of true
+    # 1 and all of true 2); pairs 1-a (IoU .75) and 2-b (IoU 2/3) beat 1-b.
+    t = np.array([[1, 1, 1, 1, 2, 2]], np.int32)
+    p = np.array([[5, 5, 5, 6, 6, 6]], np.int32)
+    # C = 3 + 2, U = 4 + 3 -> 5 / 7
+    assert M.aji_plus(t, p) == pytest.approx(5 / 7)
+    t2, p2 = _two_maps()
+    assert M.aji_plus(t2, p2) == pytest.approx(12 / 29)  # no shared predictions: AJI+ = AJI
+
+
 def test_detection_f1_by_hand():
     true = np.array([[0.0, 0.0], [10.0, 0.0], [50.0, 50.0]])
     pred = np.array([[1.0, 0.0], [9.0, 0.0], [30.0, 30.0], [10.0, 2.0]])
@@ -203,6 +219,21 @@ def test_multiclass_pq_pannuke_and_conic():
     assert r["mpq_plus"] == pytest.approx((0.75 + 1 / 1.5) / 2)
 
 
+def test_multiclass_pq_images_matches_tables():
+    t, p = _two_maps()
+    cls_t = np.array([1, 2])
+    cls_p = np.zeros_like(p)
+    cls_p[p == 5] = 1
+    cls_p[p == 3] = 2
+    r = M.multiclass_pq_images([t, t], [p, t], [cls_t, cls_t], [cls_p, cls_t], classes=[1, 2])
+    # class 1: image 1 TP (IoU .75) -> PQ .75, image 2 PQ 1 -> mean .875
+    # class 2: image 1 FN + FP (C is class 2) -> 0, image 2 -> 1; mean .5
+    assert r["per_class"][1]["pq"] == pytest.approx(0.875)
+    assert r["per_class"][2]["pq"] == pytest.approx(0.5)
+    # pooled class 2: TP 1, FP 1, FN 1, IoU 1 -> 1 / 2
+    assert r["per_class"][2]["pq_plus"] == pytest.approx(0.5)
+
+
 def test_evaluate_instances_bundle():
     t, p = _two_maps()
     r = M.evaluate_instances(t, p, np.array([1, 2]), np.ones_like(p), mpp=0.5, radius_um=1.0)
@@ -214,6 +245,24 @@ def test_evaluate_instances_bundle():
     assert r["f1c"][2] == 0.0
     with pytest.raises(ValueError):
         M.evaluate_instances(t, p, mpp=0.0)
+
+
+def test_summarize_over_images():
+    t, p = _two_maps()
+    a = M.compare_instances(t, p, np.array([1, 2]), np.ones_like(p))
+    b = M.compare_instances(t, t, np.array([1, 2]), np.array([1, 2]))
+    r = M.summarize([a, b], mpp=[0.5, 0.5], radius_um=1.0)
+    # PQ, AJI: means of the images' values; counts summed
+    assert r["pq"] == pytest.approx((0.375 + 1.0) / 2)
+    assert r["aji"] == pytest.approx((12 / 29 + 1.0) / 2)
+    assert (r["tp"], r["fp"], r["fn"], r["n_images"]) == (3, 1, 1, 2)
+    # detection pooled: image a TP 1 FP 1 FN 1, image b TP 2 -> 2*3 / (2*3 + 1 + 1)
+    assert r["f1d"] == pytest.approx(6 / 8)
+    # F_c pooled: class 1 pairs (1,1) x2, FP_d 1 -> 4 / 5; class 2: pair (2,2), FN_d 1 -> 2 / 3
+    assert r["f1c"][1] == pytest.approx(4 / 5)
+    assert r["f1c"][2] == pytest.approx(2 / 3)
+    # mPQ+: class 1 pooled TP 2 (IoU .75 + 1), FP 1 -> 1.75 / 2.5; class 2 TP 1, FN 1 -> 1 / 1.5
+    assert r["mpq_plus"] == pytest.approx((1.75 / 2.5 + 1 / 1.5) / 2)
 
 
 def _boxes(coords) -> gpd.GeoDataFrame:
@@ -233,6 +282,16 @@ def test_polygons_agree_with_raster():
         assert rp[key] == pytest.approx(rr[key]), key
     assert rp["f1c"]["a"] == pytest.approx(rr["f1c"][1])
     assert rp["f1c"]["b"] == pytest.approx(rr["f1c"][2])
+
+
+def test_polygon_dice_with_overlapping_references():
+    # Two hand-drawn references overlap (union 6 px^2); the prediction covers exactly the union.
+    tg = _boxes([(0, 0, 2, 2), (1, 0, 3, 2)])
+    pg = _boxes([(0, 0, 3, 2)])
+    assert M.evaluate_polygons(tg, pg, mpp=1.0)["dice"] == pytest.approx(1.0)
+    # disjoint sets use the pair table: half of a 4 px^2 box predicted -> 2 * 2 / (4 + 2)
+    half = M.evaluate_polygons(_boxes([(0, 0, 2, 2)]), _boxes([(0, 0, 1, 2)]), mpp=1.0)
+    assert half["dice"] == pytest.approx(4 / 6)
 
 
 def test_match_polygons_touching_and_overlapping_refs():

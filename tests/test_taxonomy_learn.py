@@ -55,7 +55,10 @@ def test_two_confused_pairs_merge_and_diffuse_type_goes_unknown():
     assert all(learned.f1_after >= 0.8)
     assert learned.confusion_after.shape == (3, 3)
     # the merged counts are the sums of the member counts
-    assert learned.confusion_after.to_numpy().sum() == learned.confusion_before.iloc[:5, :5].to_numpy().sum()
+    assert (
+        learned.confusion_after.to_numpy().sum()
+        == learned.confusion_before.iloc[:5, :5].to_numpy().sum()
+    )
 
 
 def test_n_classes_stops_merging_early():
@@ -111,3 +114,24 @@ def test_yaml_round_trip_keeps_mapping_and_notes(tmp_path):
 def test_bad_confusion_is_an_input_error(frame, message):
     with pytest.raises(InputError, match=message):
         learn_taxonomy(frame)
+
+
+def test_a_sink_that_absorbs_two_distinct_types_is_not_torn():
+    """'Fibro' is predicted for most Epi and Endo cells; its own cells are recognised, so the
+    sink stays and the absorbed types merge into it, one at a time."""
+    names = ["Fibro", "Epi", "Endo", "T"]
+    m = pd.DataFrame(
+        [[80, 5, 5, 10], [60, 30, 0, 10], [60, 0, 30, 10], [5, 0, 5, 90]],
+        index=names,
+        columns=names,
+    )
+    learned = learn_taxonomy(m, min_f1=0.8)
+    assert UNKNOWN not in learned.taxonomy.mapping.values()
+    assert learned.taxonomy.mapping["T"] == "T"
+    assert learned.taxonomy.mapping["Epi"] == learned.taxonomy.mapping["Fibro"]
+
+
+def test_merging_stops_at_min_classes():
+    m = pd.DataFrame(np.full((3, 3), 10), index=list("abc"), columns=list("abc"))
+    learned = learn_taxonomy(m, min_f1=0.99, unknown_f1=0.0)
+    assert learned.taxonomy.classes.n_classes == 2

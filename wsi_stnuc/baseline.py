@@ -38,7 +38,7 @@ def classical_instances(
     max_area_um2: float = 500.0,
     smooth_um: float = 0.3,
     nucleus_radius_um: float = 2.5,
-    min_h_od: float = 0.08,
+    min_h_od: float = 0.12,
     threshold: float | None = None,
 ) -> np.ndarray:
     """Nucleus instance map (``H x W`` int32, 0 = background, 1..N) of an RGB tile at ``mpp``.

@@ -67,7 +67,9 @@ class ArrayReader:
     def __init__(self, image: np.ndarray, mpp: float | tuple[float, float], path: str = "<array>"):
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InputError(path, f"image must be H x W x 3 uint8, got {image.shape} {image.dtype}")
+            raise InputError(
+                path, f"image must be H x W x 3 uint8, got {image.shape} {image.dtype}"
+            )
         self.image = image
         self._mpp = (float(mpp), float(mpp)) if np.isscalar(mpp) else tuple(map(float, mpp))
         self.path = path
@@ -86,7 +88,9 @@ class ArrayReader:
             xa, ya = max(int(x0), 0), max(int(y0), 0)
             xb, yb = min(int(x0) + width, w), min(int(y0) + height, h)
             if xb > xa and yb > ya:
-                out[ya - int(y0) : yb - int(y0), xa - int(x0) : xb - int(x0)] = self.image[ya:yb, xa:xb]
+                out[ya - int(y0) : yb - int(y0), xa - int(x0) : xb - int(x0)] = self.image[
+                    ya:yb, xa:xb
+                ]
             return out
         from scipy.ndimage import map_coordinates
 
@@ -96,7 +100,11 @@ class ArrayReader:
         yy, xx = np.meshgrid(ys, xs, indexing="ij")
         planes = [
             map_coordinates(
-                self.image[..., c].astype(np.float32), [yy, xx], order=1, cval=255.0, mode="constant"
+                self.image[..., c].astype(np.float32),
+                [yy, xx],
+                order=1,
+                cval=255.0,
+                mode="constant",
             )
             for c in range(3)
         ]
@@ -193,7 +201,9 @@ def extract_crops(
     ``centroids_level0`` is ``N x 2`` (x, y) in level-0 pixels; ``mpp`` the crop resolution.
     """
     if size <= 0 or mpp <= 0:
-        raise InputError(_name(slide), f"crop size and mpp must be positive (size={size}, mpp={mpp})")
+        raise InputError(
+            _name(slide), f"crop size and mpp must be positive (size={size}, mpp={mpp})"
+        )
     pts = _check_centroids(slide, centroids_level0)
     out = np.full((len(pts), size, size, 3), 255, dtype=np.uint8)
     reader, owned = open_reader(slide)

@@ -310,10 +310,9 @@ def build_patch_dataset(
                 writer.write(i, image, t)
             _write_provenance(root, np.zeros(len(origins)), origins[:, 0], origins[:, 1],
                               block, split)  # fmt: skip
-            root.attrs.update(
-                _attrs(classes, mpp, patch, [str(slide_path)], split, block_um=block_size * mpp_x,
-                       val_fraction=val_fraction, seed=seed, stride=stride)  # fmt: skip
-            )
+            extra = {"block_um": block_size * mpp_x, "guard_um": guard_um, "stride": stride,
+                     "val_fraction": val_fraction, "seed": seed}  # fmt: skip
+            root.attrs.update(_attrs(classes, mpp, patch, [str(slide_path)], split, **extra))
     return out_zarr
 
 
@@ -341,7 +340,7 @@ def open_patch_dataset(path: str | Path):
     try:
         root = zarr.open_group(str(path), mode="r")
     except Exception as exc:
-        raise InputError(path, f"not a zarr group ({exc})") from exc
+        raise InputError(path, f"not a wsi-stnuc patch dataset (no zarr group: {exc})") from exc
     if root.attrs.get("format") != FORMAT:
         raise InputError(path, "not a wsi-stnuc patch dataset (build one with `wsi-stnuc dataset`)")
     return root

@@ -19,18 +19,28 @@ from __future__ import annotations
 import gzip
 import logging
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from wsi_stnuc.classes import IGNORE_CLASS, UNKNOWN, ClassTable
+from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.formats import LabelCols, NucleusCols, QuPath
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Instances", "evaluate", "load_instances", "rasterize_polygons", "to_raster"]
+__all__ = [
+    "Instances",
+    "compare",
+    "evaluate",
+    "evaluate_set",
+    "load_instances",
+    "pair_files",
+    "rasterize_polygons",
+    "to_raster",
+]
 
 POLYGON_SUFFIXES = (".parquet", ".geoparquet", ".geojson", ".json", ".zip")
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".npz")
@@ -363,6 +373,31 @@ def _resolve_mpp(pred: Instances, ref: Instances, mpp: float | None) -> float:
     return float(found[0])
 
 
+def compare(pred: Instances, ref: Instances):
+    """A :class:`wsi_stnuc.metrics.Comparison` of ``pred`` against ``ref`` and its mode.
+
+    Both polygon: polygon matching (slide scale), ``"polygon"``. Otherwise the polygon side is
+    rasterised onto the raster side's shape, ``"raster"``.
+    """
+    from wsi_stnuc import metrics
+
+    if not pred.is_raster and not ref.is_raster:
+        tc, pc = ref.class_column, pred.class_column
+        col = (tc, pc) if tc is not None and pc is not None else None
+        return metrics.compare_polygons(ref.polygons, pred.polygons, col), "polygon"
+    shape = (ref.inst if ref.is_raster else pred.inst).shape
+    ref_r, pred_r = to_raster(ref, shape), to_raster(pred, shape)
+    if ref_r.inst.shape != pred_r.inst.shape:
+        raise InputError(
+            pred.source,
+            f"label image {pred_r.inst.shape} differs from reference {ref_r.inst.shape}",
+        )
+    tcls, pcls = ref_r.inst_class, pred_r.inst_class
+    if tcls is None or pcls is None:
+        tcls = pcls = None
+    return metrics.compare_instances(ref_r.inst, pred_r.inst, tcls, pcls), "raster"
+
+
 def evaluate(
     pred: Instances,
     ref: Instances,
@@ -374,51 +409,80 @@ def evaluate(
 ) -> dict:
     """Every metric of ``pred`` against ``ref`` (see :mod:`wsi_stnuc.metrics`).
 
-    Both polygon: polygon matching (slide scale). Otherwise the polygon side is rasterised onto
-    the raster side's shape. ``mpp`` (µm/px) defaults to the files' own. Class metrics are
-    computed when both sides have classes. The result also names the ``mode`` used.
+    ``mpp`` (µm/px) defaults to the files' own. Class metrics are computed when both sides have
+    classes (default classes: the reference's class table, else its classes other than
+    background and ``unknown``). The result also names the matching ``mode`` (:func:`compare`).
     """
-    from wsi_stnuc import metrics
+    return evaluate_set(
+        [(pred, ref)], mpp=mpp, radius_um=radius_um, classes=classes, iou_threshold=iou_threshold
+    )["summary"]
 
-    mpp = _resolve_mpp(pred, ref, mpp)
-    if not pred.is_raster and not ref.is_raster:
-        tc, pc = ref.class_column, pred.class_column
-        col = (tc, pc) if tc is not None and pc is not None else None
-        if col is not None and classes is None and ref.classes is not None:
-            classes = list(ref.classes.names)
-        out = metrics.evaluate_polygons(
-            ref.polygons,
-            pred.polygons,
-            mpp=mpp,
-            radius_um=radius_um,
-            class_column=col,
-            classes=classes,
-            iou_threshold=iou_threshold,
-        )
-        out["mode"] = "polygon"
+
+def evaluate_set(
+    pairs: Sequence[tuple[Instances, Instances]],
+    *,
+    mpp: float | None = None,
+    radius_um: float = 3.0,
+    classes: list | None = None,
+    iou_threshold: float = 0.5,
+) -> dict:
+    """Metrics of several (prediction, reference) pairs, per image and over the set.
+
+    Returns ``dict(images=[{"pred", "ref", **metrics}], summary={...})``; the summary
+    aggregates as :func:`wsi_stnuc.metrics.summarize` (means over images for PQ/AJI/Dice,
+    pooled pairs for F1d and F_c, mPQ and mPQ+ across images).
+    """
+    from wsi_stnuc.metrics import summarize
+
+    if not pairs:
+        raise ValueError("evaluate_set: no (prediction, reference) pairs given")
+    comps, mpps, modes, rows = [], [], set(), []
+    kw = {"radius_um": radius_um, "iou_threshold": iou_threshold}
+    if classes is None:
+        table = next((r.classes for _, r in pairs if r.classes is not None), None)
+        classes = list(table.names) if table is not None and _text_classes(pairs) else None
+    for pred, ref in pairs:
+        comp, mode = compare(pred, ref)
+        m = _resolve_mpp(pred, ref, mpp)
+        comps.append(comp)
+        mpps.append(m)
+        modes.add(mode)
+        row = summarize([comp], mpp=m, classes=classes, **kw)
+        rows.append({"pred": str(pred.source), "ref": str(ref.source), "mode": mode, **row})
+    summary = summarize(comps, mpp=mpps, classes=classes, **kw)
+    summary["mode"] = "+".join(sorted(modes))
+    return {"images": rows, "summary": summary}
+
+
+def _text_classes(pairs) -> bool:
+    # A class table names classes; it applies directly when both sides compare as text.
+    return all(not p.is_raster and not r.is_raster for p, r in pairs)
+
+
+def pair_files(pred_dir: str | Path, ref_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Pair the nucleus files of two folders by name (suffixes ignored: ``a.npz`` ~ ``a.xml.gz``).
+
+    References without a prediction are an error (a missing prediction would silently raise
+    the scores); extra predictions are ignored with a warning.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    known = POLYGON_SUFFIXES + RASTER_SUFFIXES + XML_SUFFIXES
+
+    def stems(folder: Path) -> dict[str, Path]:
+        out = {}
+        for f in sorted(folder.iterdir()):
+            suffix = _suffix(f)
+            if f.is_file() and suffix in known:
+                out[f.name[: -len(suffix)]] = f
         return out
-    shape = (ref.inst if ref.is_raster else pred.inst).shape
-    ref_r, pred_r = to_raster(ref, shape), to_raster(pred, shape)
-    if ref_r.inst.shape != pred_r.inst.shape:
-        raise InputError(
-            pred.source,
-            f"label image {pred_r.inst.shape} differs from reference {ref_r.inst.shape}",
-        )
-    tcls, pcls = ref_r.inst_class, pred_r.inst_class
-    if tcls is None or pcls is None:
-        tcls = pcls = None
-    elif classes is None:
-        values = set(np.unique(tcls).tolist()) - {0, IGNORE_CLASS, UNKNOWN}
-        classes = sorted(values)
-    out = metrics.evaluate_instances(
-        ref_r.inst,
-        pred_r.inst,
-        tcls,
-        pcls,
-        mpp=mpp,
-        radius_um=radius_um,
-        classes=classes,
-        iou_threshold=iou_threshold,
-    )
-    out["mode"] = "raster"
-    return out
+
+    preds, refs = stems(pred_dir), stems(ref_dir)
+    if not refs:
+        raise InputError(ref_dir, "no nucleus files (GeoParquet, GeoJSON, label images, XML)")
+    missing = sorted(set(refs) - set(preds))
+    if missing:
+        raise InputError(pred_dir, f"no prediction for {len(missing)} references: {missing[:5]}")
+    extra = sorted(set(preds) - set(refs))
+    if extra:
+        log.warning("%s: %d predictions without a reference ignored", pred_dir, len(extra))
+    return [(preds[name], refs[name]) for name in sorted(refs)]

@@ -54,7 +54,9 @@ def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
     return rgb2hed(rgb)[..., 0].astype(np.float32)
 
 
-def _region_sums(points: np.ndarray, geoms: np.ndarray, values: np.ndarray, mask: np.ndarray | None):
+def _region_sums(
+    points: np.ndarray, geoms: np.ndarray, values: np.ndarray, mask: np.ndarray | None
+):
     """Per-geometry sum and count of ``values`` at the ``points`` inside it (optionally masked)."""
     tree = shapely.STRtree(geoms)
     pt_idx, g_idx = tree.query(points, predicate="within")
@@ -94,17 +96,23 @@ def hematoxylin_support(
             sx, sy = mpp / mpp_x, mpp / mpp_y
             bounds = shapely.bounds(polys)
             half = max(
-                np.max(np.maximum(centroids[:, 0] - bounds[:, 0], bounds[:, 2] - centroids[:, 0])) / sx,
-                np.max(np.maximum(centroids[:, 1] - bounds[:, 1], bounds[:, 3] - centroids[:, 1])) / sy,
+                np.max(np.maximum(centroids[:, 0] - bounds[:, 0], bounds[:, 2] - centroids[:, 0]))
+                / sx,
+                np.max(np.maximum(centroids[:, 1] - bounds[:, 1], bounds[:, 3] - centroids[:, 1]))
+                / sy,
             )
             margin = int(math.ceil(half + ring_um / mpp)) + 2
             all_tree = shapely.STRtree(polys)
-            for g in iter_region_groups(reader, centroids, mpp=mpp, margin_px=margin, tile_px=tile_px):
+            for g in iter_region_groups(
+                reader, centroids, mpp=mpp, margin_px=margin, tile_px=tile_px
+            ):
                 h_img = hematoxylin_density(g.image).ravel()
                 rows, cols = g.image.shape[:2]
                 # pixel centres of the region, in level-0 px
                 vv, uu = np.mgrid[0:rows, 0:cols]
-                pts = shapely.points(g.x0 + (uu.ravel() + 0.5) * g.sx, g.y0 + (vv.ravel() + 0.5) * g.sy)
+                pts = shapely.points(
+                    g.x0 + (uu.ravel() + 0.5) * g.sx, g.y0 + (vv.ravel() + 0.5) * g.sy
+                )
                 box = shapely.box(g.x0, g.y0, g.x0 + cols * g.sx, g.y0 + rows * g.sy)
                 near = all_tree.query(box)
                 _, _, occupied_pts = _region_sums(pts, polys[near], h_img, None)
@@ -146,8 +154,12 @@ def label_weights(
     """
     for col in (LabelCols.IMAGE_CLASS, LabelCols.CONFIDENCE):
         if col not in labels.columns:
-            raise InputError(getattr(slide_path, "path", slide_path), f"labels lack a '{col}' column")
-    h = hematoxylin_support(np.asarray(labels.geometry.values), slide_path, mpp=mpp, ring_um=ring_um)
+            raise InputError(
+                getattr(slide_path, "path", slide_path), f"labels lack a '{col}' column"
+            )
+    h = hematoxylin_support(
+        np.asarray(labels.geometry.values), slide_path, mpp=mpp, ring_um=ring_um
+    )
     support = h["h_support"].to_numpy()
     if h_scale is None:
         med = np.nanmedian(support) if np.any(np.isfinite(support)) else np.nan

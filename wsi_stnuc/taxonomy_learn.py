@@ -9,11 +9,12 @@ tell apart:
 2. repeatedly take the pair of classes with the highest symmetric confusion
    ``R_ij + R_ji`` (``R`` = row-normalised counts) and merge them (counts add up), until every
    class reaches ``min_f1`` (F1 from the merged counts) or ``n_classes`` remain;
-3. a class that is torn between two classes which are themselves distinct (its confusion with
-   its second partner is at least ``ambiguity_ratio`` times that with its first, while the two
-   partners are confused with each other less than that) is one the image cannot place: it
-   goes to ``unknown`` instead of diluting a good class. A group of mutually confused types
-   (T, B, plasma) is not torn: its partners are confused with each other too;
+3. a class whose own cells are torn between two classes which are themselves distinct (more
+   of its cells read as those two than as itself, the second at least ``ambiguity_ratio``
+   times the first, and the two confused with each other less than that) is one the image
+   cannot place: it goes to ``unknown`` instead of diluting a good class. A member of a group
+   of mutually confused types (T, B, plasma) is not torn: its destinations are confused with
+   each other too;
 4. classes whose F1 is still below ``unknown_f1`` go to ``unknown``.
 
 Every step is recorded (the merge tree) in the taxonomy's ``notes`` so a pathologist can see
@@ -68,8 +69,7 @@ def f1_scores(counts: np.ndarray) -> np.ndarray:
 def symmetric_confusion(counts: np.ndarray) -> np.ndarray:
     """``R + R.T`` with ``R`` the row-normalised counts and a zero diagonal."""
     counts = np.asarray(counts, dtype=np.float64)
-    rows = counts.sum(axis=1, keepdims=True)
-    r = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    r = row_rates(counts)
     s = r + r.T
     np.fill_diagonal(s, 0.0)
     return s
@@ -88,7 +88,9 @@ def _check_confusion(confusion: pd.DataFrame) -> np.ndarray:
         raise InputError(None, "confusion must be a pandas DataFrame (types x types)")
     rows, cols = [str(v) for v in confusion.index], [str(v) for v in confusion.columns]
     if rows != cols:
-        raise InputError(None, f"confusion rows and columns must list the same types: {rows} vs {cols}")
+        raise InputError(
+            None, f"confusion rows and columns must list the same types: {rows} vs {cols}"
+        )
     if len(set(rows)) != len(rows):
         raise InputError(None, f"confusion has duplicate type names: {rows}")
     if UNKNOWN in rows:
@@ -104,16 +106,27 @@ def _group_name(members: list[int], names: list[str], support: np.ndarray) -> st
     return NAME_SEPARATOR.join(names[i] for i in ordered)
 
 
-def _ambiguous(s: np.ndarray, i: int, j: int, ratio: float) -> int | None:
-    """``i``'s second partner if ``i`` is torn between ``j`` and a partner distinct from ``j``."""
-    others = s[i].copy()
+def row_rates(counts: np.ndarray) -> np.ndarray:
+    """Row-normalised counts: where the cells of each true class were predicted."""
+    counts = np.asarray(counts, dtype=np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+
+
+def _torn(r: np.ndarray, s: np.ndarray, i: int, j: int, ratio: float) -> int | None:
+    """``i``'s second destination if ``i``'s own cells are split between ``j`` and a class
+    distinct from ``j``, more than they are recognised as ``i``; else None.
+
+    Only ``i``'s row counts: a class that *absorbs* others' cells (a sink) is not torn.
+    """
+    others = r[i].copy()
     others[[i, j]] = -1.0
     if len(others) < 3:
         return None
     h = int(np.argmax(others))
-    if others[h] <= 0 or others[h] < ratio * s[i, j]:
+    if others[h] <= 0 or others[h] < ratio * r[i, j] or r[i, j] + others[h] <= r[i, i]:
         return None
-    # the two partners would merge with each other anyway: i is inside a confused group
+    # the two destinations are confused with each other: i sits inside a confused group
     if s[j, h] >= ratio * others[h]:
         return None
     return h
@@ -146,12 +159,14 @@ def learn_taxonomy(
     min_support: int = 10,
     unknown_f1: float = 0.3,
     ambiguity_ratio: float = 0.5,
+    min_classes: int = 2,
 ) -> LearnedTaxonomy:
     """Merge confusable fine types into image classes; see the module docstring for the rule.
 
     ``confusion``: counts, rows = true fine type, columns = predicted fine type (same order).
     ``min_f1`` defaults to 0.7 when neither it nor ``n_classes`` is given; with both, merging
-    stops at whichever is reached first.
+    stops at whichever is reached first. Merging never goes below ``min_classes`` (one class
+    for everything would score F1 = 1 and say nothing).
     """
     counts = _check_confusion(confusion)
     names = [str(v) for v in confusion.index]
@@ -173,7 +188,13 @@ def learn_taxonomy(
     active = [i for i in range(len(names)) if support[i] >= min_support]
     for i in sorted(set(range(len(names))) - set(active)):
         unknown.append(names[i])
-        record({"action": "unknown", "types": [names[i]], "reason": f"support {int(support[i])} < {min_support}"})
+        record(
+            {
+                "action": "unknown",
+                "types": [names[i]],
+                "reason": f"support {int(support[i])} < {min_support}",
+            }
+        )
     state = _State(counts, names, active)
 
     def drop(k: int, reason: str) -> None:
@@ -181,14 +202,14 @@ def learn_taxonomy(
         record({"action": "unknown", "types": state.types(k), "reason": reason})
         del state.groups[k]
 
-    while len(state.groups) > 1:
+    while len(state.groups) > min_classes:
         m = state.matrix()
         f1 = f1_scores(m)
         if n_classes is not None and len(state.groups) <= n_classes:
             break
         if min_f1 is not None and np.all(f1 >= min_f1):
             break
-        s = symmetric_confusion(m)
+        s, r = symmetric_confusion(m), row_rates(m)
         i, j = np.unravel_index(int(np.argmax(s)), s.shape)
         if s[i, j] <= 0:
             break  # nothing is confused with anything: merging cannot help
@@ -196,13 +217,17 @@ def learn_taxonomy(
         order = (i, j) if f1[i] <= f1[j] else (j, i)
         torn = None
         for a, b in (order, order[::-1]):
-            h = _ambiguous(s, a, b, ambiguity_ratio)
+            h = _torn(r, s, a, b, ambiguity_ratio)
             if h is not None:
                 torn = (a, b, h)
                 break
         if torn is not None:
             a, b, h = torn
-            drop(a, f"torn between {state.name(b)} ({s[a, b]:.3f}) and {state.name(h)} ({s[a, h]:.3f})")
+            drop(
+                a,
+                f"torn: {r[a, b]:.2f} of its cells read as {state.name(b)}, "
+                f"{r[a, h]:.2f} as {state.name(h)}, {r[a, a]:.2f} as itself",
+            )
             continue
         names_ij = (state.name(i), state.name(j))
         state.groups[i] = state.groups[i] + state.groups[j]
@@ -228,7 +253,9 @@ def learn_taxonomy(
             break
         drop(k, f"F1 {f1[k]:.3f} < unknown_f1 {unknown_f1}")
     if not state.groups:
-        raise InputError(None, "no fine type is recognisable from the image: every type went to unknown")
+        raise InputError(
+            None, "no fine type is recognisable from the image: every type went to unknown"
+        )
 
     class_names = [state.name(k) for k in range(len(state.groups))]
     m = state.matrix()
@@ -246,6 +273,7 @@ def learn_taxonomy(
             "min_support": min_support,
             "unknown_f1": unknown_f1,
             "ambiguity_ratio": ambiguity_ratio,
+            "min_classes": min_classes,
         },
         "support": {n: int(support[i]) for i, n in enumerate(names)},
         "f1_fine_types": {n: round(float(v), 4) for n, v in f1_before.items()},
@@ -278,35 +306,56 @@ def plot_learned_taxonomy(learned: LearnedTaxonomy, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     before, after = row_normalise(learned.confusion_before), row_normalise(learned.confusion_after)
-    fig, axes = plt.subplots(
-        1, 3, figsize=(18, 6.5), gridspec_kw={"width_ratios": [1.0, 1.0, 0.9]}
-    )
+    n_lines = max(len(learned.merges), 1)
+    fig = plt.figure(figsize=(15, 7.5 + 0.2 * n_lines))
+    grid = fig.add_gridspec(2, 2, height_ratios=[6.5, 0.6 + 0.2 * n_lines])
+    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])]
     for ax, frame, f1, title in (
         (axes[0], before, learned.f1_before, "fine types (cross-validated)"),
         (axes[1], after, learned.f1_after, "learned image classes"),
     ):
         ax.imshow(frame.to_numpy(), cmap="Blues", vmin=0, vmax=1)
         labels = [f"{n} (F1 {f1[n]:.2f})" for n in frame.index]
-        ax.set_xticks(range(len(frame)), [_short(n) for n in frame.columns], rotation=60, ha="right")
+        ax.set_xticks(
+            range(len(frame)), [_short(n) for n in frame.columns], rotation=60, ha="right"
+        )
         ax.set_yticks(range(len(frame)), [_short(n) for n in labels])
         for (r, c), v in np.ndenumerate(frame.to_numpy()):
             if v >= 0.05:
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v > 0.6 else "black")
+                ax.text(
+                    c,
+                    r,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > 0.6 else "black",
+                )
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title)
     lines = []
     for m in learned.merges:
         if m["action"] == "merge":
-            lines.append(f"{m['step']}. merge {m['pair'][0]} | {m['pair'][1]}  "
-                         f"(conf {m['symmetric_confusion']:.2f}, F1 -> {m['f1_merged']:.2f})")
+            lines.append(
+                f"{m['step']}. merge {m['pair'][0]} | {m['pair'][1]}  "
+                f"(conf {m['symmetric_confusion']:.2f}, F1 -> {m['f1_merged']:.2f})"
+            )
         else:
             lines.append(f"{m['step']}. unknown: {', '.join(m['types'])}  ({m['reason']})")
     axes[2].axis("off")
     axes[2].set_title("merge tree (in order)")
-    axes[2].text(0, 1, "\n".join(lines) or "(no merges)", va="top", ha="left", fontsize=8,
-                 family="monospace", wrap=True, transform=axes[2].transAxes)
+    axes[2].text(
+        0,
+        1,
+        "\n".join(lines) or "(no merges)",
+        va="top",
+        ha="left",
+        fontsize=8,
+        family="monospace",
+        wrap=True,
+        transform=axes[2].transAxes,
+    )
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -171,6 +171,21 @@ def train_model(
     optimizer, schedule position, epoch, best score and log rows are restored.
     """
     import torch
+
+    cfg = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _train(Path(dataset_zarr), out, cfg, resume, progress)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bool) -> Path:
+    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -179,11 +194,6 @@ def train_model(
     from wsi_stnuc.model.losses import hovernet_loss
     from wsi_stnuc.model.net import NucleiNet, resolve_device
 
-    cfg = config or TrainConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
     _seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     use_amp = device.type == "cuda" if cfg.amp == "auto" else bool(cfg.amp)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 from click.testing import CliRunner
-
 from wsi_stnuc_cli.main import cli
 
 
@@ -44,3 +43,25 @@ def test_evaluate_without_mpp_is_a_clean_error(tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", str(pred), str(ref)])
     assert res.exit_code == 2
     assert "pixel size unknown" in res.output and "Traceback" not in res.output
+
+
+def test_evaluate_folders(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    for name in ("x", "y"):
+        ref = np.zeros((16, 16), np.int32)
+        ref[2:8, 2:8] = 1
+        np.save(tmp_path / "r" / f"{name}.npy", ref)
+        np.save(tmp_path / "p" / f"{name}.npy", ref if name == "x" else np.zeros_like(ref))
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(
+        cli,
+        ["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--mpp", "0.25", "--json", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    assert "x.npy" in res.output and "2 images" in res.output
+    doc = json.loads(out.read_text())
+    assert [row["pq"] for row in doc["images"]] == [1.0, 0.0]
+    assert doc["summary"]["pq"] == 0.5 and doc["summary"]["fn"] == 1
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "p"), str(out)])
+    assert res.exit_code != 0 and "both be files or both be folders" in res.output

@@ -46,7 +46,7 @@ def test_transform_geometries_matches_points():
         )
     )
     out = transform_geometries(polys, a)
-    for src, dst in zip(polys, out):
+    for src, dst in zip(polys, out, strict=True):
         np.testing.assert_allclose(
             shapely.get_coordinates(dst), apply_affine(a, shapely.get_coordinates(src))
         )
@@ -59,7 +59,7 @@ def test_keypoints_recover_matrix(tmp_path):
     xen_um = apply_affine(M, he) * ps
     path = tmp_path / "keypoints.csv"
     lines = ["fixedX,fixedY,alignmentX,alignmentY"]
-    lines += [f"{f[0]},{f[1]},{h[0]},{h[1]}" for f, h in zip(xen_um, he)]
+    lines += [f"{f[0]},{f[1]},{h[0]},{h[1]}" for f, h in zip(xen_um, he, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     m, resid = affine_from_keypoints(path, pixel_size=ps)
     np.testing.assert_allclose(m, M, atol=1e-6)

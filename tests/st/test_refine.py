@@ -23,21 +23,11 @@ def _nuclei_points(n, size, spacing, rng):
     return pts[rng.permutation(len(pts))[:n]]
 
 
-def _paint(points, shape, radius):
-    """Pink background with purple disks (H&E-like) at ``points`` (x, y)."""
-    img = np.empty((*shape, 3), np.uint8)
-    img[:] = (235, 190, 210)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    for x, y in points:  # tiny synthetic image in a test: a loop over ~100 disks is fine
-        m = (xx + 0.5 - x) ** 2 + (yy + 0.5 - y) ** 2 <= radius**2
-        img[m] = (70, 40, 130)
-    return img
-
-
-def test_detect_nuclei_finds_disks():
+def test_detect_nuclei_finds_disks(he_tools):
+    paint_he, _ = he_tools
     rng = np.random.default_rng(0)
     pts = _nuclei_points(80, 400, 30, rng)
-    img = _paint(pts, (400, 400), 7)
+    img = paint_he(pts, (400, 400), 7)
     det = detect_nuclei(img, mpp=0.5)
     d = np.linalg.norm(det[:, None] - pts[None], axis=2)
     assert abs(len(det) - len(pts)) <= 3
@@ -77,35 +67,15 @@ def test_refine_refuses_huge_correction():
     fixed = _nuclei_points(500, 3000, 20, rng)
     moving = fixed - [150.0, 0.0]  # 75 µm shift, searched for but above the cap
     with pytest.raises(RegistrationError, match="shift"):
-        refine_points(
-            moving, fixed, np.eye(3), px_um=0.5, search_um=100, max_shift_um=30
-        )
+        refine_points(moving, fixed, np.eye(3), px_um=0.5, search_um=100, max_shift_um=30)
 
 
-class _ArraySlide:
-    """The slice of the SlideReader API refinement uses, over an in-memory image."""
-
-    def __init__(self, image, mpp):
-        self.image, self.mpp, self.path = image, (mpp, mpp), "array-slide"
-        self.dimensions = (image.shape[1], image.shape[0])
-
-    def read_region(self, x0, y0, w, h, mpp=None):
-        assert mpp is None or mpp == self.mpp[0]
-        out = np.full((h, w, 3), 255, np.uint8)
-        x0, y0 = int(round(x0)), int(round(y0))
-        sx0, sy0 = max(x0, 0), max(y0, 0)
-        sx1 = min(x0 + w, self.dimensions[0])
-        sy1 = min(y0 + h, self.dimensions[1])
-        if sx1 > sx0 and sy1 > sy0:
-            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = self.image[sy0:sy1, sx0:sx1]
-        return out
-
-
-def test_refine_alignment_on_image():
+def test_refine_alignment_on_image(he_tools):
+    paint_he, ArraySlide = he_tools  # noqa: N806
     rng = np.random.default_rng(7)
     mpp = 0.5
     pts_px = _nuclei_points(500, 900, 26, rng)
-    slide = _ArraySlide(_paint(pts_px, (900, 900), 6), mpp)
+    slide = ArraySlide(paint_he(pts_px, (900, 900), 6), mpp)
     true_a = np.array([[1 / mpp, 0, 0], [0, 1 / mpp, 0], [0, 0, 1.0]])  # µm -> px
     um = apply_affine(np.linalg.inv(true_a), pts_px)
     off = true_a.copy()

@@ -167,3 +167,25 @@ def test_low_count_cells_exist(noisy):
     tc = cells["transcript_counts"]
     assert 30 < tc.median() < 200
     assert 0.03 < (tc < 10).mean() < 0.2
+
+
+def test_transcripts_match_counts(tmp_path):
+    b = make_synthetic_bundle(tmp_path, seed=5, width=384, height=384, transcripts=True)
+    tx = pq.read_table(b.xenium_dir / Xenium.TRANSCRIPTS).to_pandas()
+    assert {"cell_id", "x_location", "y_location", "z_location", "feature_name", "qv",
+            "overlaps_nucleus"} <= set(tx.columns)  # fmt: skip
+    cells = pq.read_table(b.xenium_dir / Xenium.CELLS_PARQUET).to_pandas().set_index("cell_id")
+    good = tx[(tx["qv"] >= 20) & (tx["cell_id"] != "UNASSIGNED")]
+    genes = good[~good["feature_name"].str.startswith("NegControl")]
+    per_cell = genes.groupby("cell_id").size().reindex(cells.index, fill_value=0)
+    np.testing.assert_array_equal(per_cell.to_numpy(), cells["transcript_counts"].to_numpy())
+    ctrl = good[good["feature_name"].str.startswith("NegControl")].groupby("cell_id").size()
+    ctrl = ctrl.reindex(cells.index, fill_value=0)
+    np.testing.assert_array_equal(ctrl.to_numpy(), cells["control_probe_counts"].to_numpy())
+    assert 0.02 < (tx["qv"] < 20).mean() < 0.15
+    assert 0.03 < (tx["cell_id"] == "UNASSIGNED").mean() < 0.15
+    # molecules of a cell lie in its outline; a good share of them over the nucleus
+    assigned = tx[tx["cell_id"] != "UNASSIGNED"]
+    assert 0.2 < assigned["overlaps_nucleus"].mean() < 0.9
+    xen = pytest.importorskip("wsi_stnuc.st.xenium")
+    assert xen.read_xenium(b.xenium_dir).transcripts is not None

@@ -95,6 +95,8 @@ def test_paired_bundle_on_toy_images(tmp_path):
     assert list(first["annotated_class"]) == ["inflammatory", "epithelial", "spindle"]
     assert list(first["cell_type"]) == ["T", "Malignant", "Fibroblast"]
     assert set(t.loc[t["image"] == "b_1", "annotated_class"]) == {"unknown"}
+    assert set(t.loc[t["image"] == "b_1", "image_class"]) == {"unknown"}  # no class, no label
+    assert list(first["image_class"]) == ["inflammatory", "epithelial", "connective"]
     # polygons follow the instance pixels (areas 100, 80, 150 px), placed in the mosaic
     np.testing.assert_allclose(first.geometry.area, [100, 80, 150], rtol=0.15)
     x0, y0 = pd.read_csv(b.placements).loc[0, ["x0", "y0"]]

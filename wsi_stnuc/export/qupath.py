@@ -112,7 +112,51 @@ def _round_geoms(geoms: np.ndarray, decimals: int | None) -> np.ndarray:
     return shapely.transform(geoms, lambda xy: np.round(xy, decimals))
 
 
+def _number_text(values: np.ndarray) -> pa.Array:
+    return pc.cast(pa.array(values, type=pa.float64()), pa.string())
+
+
+def _fixed_text(values: np.ndarray, decimals: int | None) -> pa.Array:
+    """Numbers as fixed-point text with ``decimals`` digits ("-12.05"). Integer-to-text plus a
+    lookup of the fraction digits is several times cheaper than shortest float formatting."""
+    if decimals is None or decimals > 6 or not np.isfinite(values).all():
+        return _number_text(values)
+    scale = 10**decimals
+    scaled = np.round(np.asarray(values, dtype=np.float64) * scale).astype(np.int64)
+    magnitude = np.abs(scaled)
+    whole = pc.cast(pa.array(magnitude // scale), pa.string())
+    sign = pc.if_else(pa.array(scaled < 0), pa.scalar("-"), pa.scalar(""))
+    if decimals == 0:
+        return pc.binary_join_element_wise(sign, whole, "")
+    digits = pa.array([f".{i:0{decimals}d}" for i in range(scale)], type=pa.string())
+    fraction = pc.take(digits, pa.array((magnitude % scale).astype(np.int32)))
+    return pc.binary_join_element_wise(sign, whole, fraction, "")
+
+
+def _simple_polygons_geojson(geoms: np.ndarray, decimals: int | None) -> pa.Array:
+    """GeoJSON of hole-free Polygons built with arrow string kernels (about 3x faster than
+    GEOS's writer): vertex text ``[x,y]``, joined per polygon through a list array."""
+    coords, index = shapely.get_coordinates(geoms, return_index=True)
+    vertex = pc.binary_join_element_wise(
+        pa.scalar("["), _fixed_text(coords[:, 0], decimals), pa.scalar(","),
+        _fixed_text(coords[:, 1], decimals), pa.scalar("]"), "",
+    )  # fmt: skip
+    offsets = np.zeros(len(geoms) + 1, dtype=np.int32)
+    np.cumsum(np.bincount(index, minlength=len(geoms)), out=offsets[1:])
+    ring = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), vertex), ",")
+    return pc.binary_join_element_wise(
+        pa.scalar('{"type":"Polygon","coordinates":[['), ring, pa.scalar("]]}"), ""
+    )
+
+
 def _geojson(geoms: np.ndarray, decimals: int | None) -> pa.Array:
+    geoms = np.asarray(geoms, dtype=object)
+    simple = (shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON) & (
+        shapely.get_num_interior_rings(geoms) == 0
+    )
+    simple &= ~shapely.is_empty(geoms)
+    if len(geoms) and simple.all():
+        return _simple_polygons_geojson(geoms, decimals)
     text = shapely.to_geojson(_round_geoms(geoms, decimals))
     return pa.array(text, type=pa.string(), from_pandas=True)
 
@@ -369,8 +413,9 @@ def read_qupath_geojson(path: str | Path) -> gpd.GeoDataFrame:
             "class_color": [(p.get(QuPath.CLASSIFICATION) or {}).get("color") for p in props],
         }
     )
-    measurements = pd.DataFrame.from_records(
-        [p.get(QuPath.MEASUREMENTS) or {} for p in props], index=table.index
+    records = [p.get(QuPath.MEASUREMENTS) or {} for p in props]
+    measurements = (
+        pd.DataFrame.from_records(records, index=table.index) if records else pd.DataFrame()
     )
     table = pd.concat([table, measurements], axis=1)
     geoms = shapely.from_geojson([json.dumps(f["geometry"]) for f in features]) if features else []

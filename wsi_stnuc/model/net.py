@@ -66,7 +66,9 @@ class UNetEncoder(nn.Module):
         # Channel growth capped at 8x width: deeper levels see few pixels, but a cap keeps the
         # parameter count (and CPU time) small.
         self.channels = [width * 2 ** min(i, 3) for i in range(depth + 1)]
-        self.stem = nn.Sequential(_conv_bn_relu(3, width), ResBlock(width, width))
+        # Full resolution costs the most pixels: one conv there; the decoder's last block adds
+        # the rest of the fine detail.
+        self.stem = _conv_bn_relu(3, width)
         self.downs = nn.ModuleList(
             nn.Sequential(
                 _conv_bn_relu(self.channels[i], self.channels[i + 1], stride=2),
@@ -96,7 +98,7 @@ class TimmEncoder(nn.Module):
             ) from exc
         self.backbone = timm.create_model(name, features_only=True, pretrained=False)
         info = self.backbone.feature_info
-        self.stem = nn.Sequential(_conv_bn_relu(3, width), ResBlock(width, width))
+        self.stem = _conv_bn_relu(3, width)
         self.channels = [width, *info.channels()]
         self.stride = int(max(info.reduction()))
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), False)
@@ -161,9 +163,11 @@ class NucleiNet(nn.Module):
         self.stride: int = self.encoder.stride
         channels = self.encoder.channels
         self.decoder = Decoder(channels)
+        # 1x1 heads on the shared full-resolution features (3x3 head convs at full resolution
+        # would double the CPU cost for little gain at this size).
         self.heads = nn.ModuleDict(
             {
-                name: nn.Sequential(_conv_bn_relu(width, width), nn.Conv2d(width, n_out, 1))
+                name: nn.Conv2d(width, n_out, 1)
                 for name, n_out in (("np", 2), ("hv", 2), ("tp", n_classes + 1))
             }
         )

@@ -132,8 +132,10 @@ class SlideReader(ABC):
             raise IndexError(f"{self.path}: level {level} not in 0..{self.level_count - 1}")
         if width < 0 or height < 0:
             raise ValueError(f"negative region size {width} x {height}")
-        out = np.full((height, width, 3), 255, dtype=np.uint8)
         lw, lh = self.level_dimensions[level]
+        if x >= 0 and y >= 0 and x + width <= lw and y + height <= lh and width and height:
+            return self._read_level_raw(level, x, y, width, height)
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
         cx0, cy0 = max(x, 0), max(y, 0)
         cx1, cy1 = min(x + width, lw), min(y + height, lh)
         if cx1 > cx0 and cy1 > cy0:

@@ -8,6 +8,7 @@ from pathlib import Path
 import anndata as ad
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 
 
 @dataclass
@@ -41,13 +42,14 @@ class STBundle:
 
     def subset(self, cell_ids: np.ndarray | list[str]) -> STBundle:
         """A bundle restricted to ``cell_ids`` (kept in ``adata`` order); tables stay aligned."""
-        keep = self.adata.obs_names.isin(np.asarray(cell_ids, dtype=str))
+        wanted = pd.Index(np.asarray(cell_ids, dtype=object))
+        keep = self.adata.obs_names.isin(wanted)
         adata = self.adata[keep].copy()
-        ids = set(adata.obs_names)
-        nuclei = self.nuclei[self.nuclei["cell_id"].isin(ids)].reset_index(drop=True)
+        ids = adata.obs_names
+        nuclei = self.nuclei[self.nuclei["cell_id"].isin(ids).to_numpy()].reset_index(drop=True)
         cells = None
         if self.cells is not None:
-            cells = self.cells[self.cells["cell_id"].isin(ids)].reset_index(drop=True)
+            cells = self.cells[self.cells["cell_id"].isin(ids).to_numpy()].reset_index(drop=True)
         return replace(self, adata=adata, nuclei=nuclei, cells=cells)
 
     def __repr__(self) -> str:

@@ -361,5 +361,10 @@ def image_classes(
 ) -> pd.Series:
     """Image class per cell: the taxonomy's class of ``cell_type``; ``unknown`` when the type
     is unmapped/unassigned or ``confidence < min_confidence``."""
-    mapped = pd.Series(taxonomy.map_types(types["cell_type"].astype(str)), index=types.index)
+    mapped = map_to_classes(types["cell_type"], taxonomy)
     return mapped.where(types["confidence"].to_numpy() >= min_confidence, UNKNOWN)
+
+
+def map_to_classes(cell_types: pd.Series, taxonomy: Taxonomy) -> pd.Series:
+    """Taxonomy class of each type (``unknown`` when unmapped); a hashed lookup, no loop."""
+    return cell_types.astype(str).map(taxonomy.mapping).fillna(UNKNOWN).astype(object)

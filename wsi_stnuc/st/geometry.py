@@ -54,7 +54,9 @@ def run_starts(*keys: np.ndarray) -> np.ndarray:
 
 def codes_of(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Integer codes and the dictionary of a column (dictionary-encoding, C speed)."""
-    enc = pc.dictionary_encode(column)
+    # Parquet readers can hand back dictionary-encoded columns already (``read_dictionary``);
+    # combining their chunks unifies the dictionaries, far cheaper than hashing every row.
+    enc = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
     if isinstance(enc, pa.ChunkedArray):
         enc = enc.combine_chunks()
     return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
@@ -81,7 +83,8 @@ def polygons_from_vertices(
         raise InputError(path, "boundary table has no vertices")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise InputError(path, "boundary table has non-finite vertex coordinates")
-    codes, dictionary = codes_of(ids_to_str(ids))
+    codes, dictionary = codes_of(ids)
+    dictionary = ids_to_str(dictionary)  # decode the (small) dictionary, not every row
     keys = [codes] if sub_ids is None else [codes, np.asarray(sub_ids)]
     starts = run_starts(*keys)
     sizes = np.diff(np.append(starts, len(codes)))

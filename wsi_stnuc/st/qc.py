@@ -133,10 +133,13 @@ def qc_cells(
     known = pos >= 0  # nuclei of cells absent from adata are dropped with them
     has = np.zeros(n_in, bool)
     has[pos[known]] = True
-    valid_any, area_any, inside_any = (np.zeros(n_in, bool) for _ in range(3))
-    np.logical_or.at(valid_any, pos[known], ~bad_poly[known])
-    np.logical_or.at(area_any, pos[known], (~bad_poly & area_ok)[known])
-    np.logical_or.at(inside_any, pos[known], (~bad_poly & area_ok & inside)[known])
+
+    def any_per_cell(flag: np.ndarray) -> np.ndarray:
+        return np.bincount(pos[known], weights=flag[known], minlength=n_in) > 0
+
+    valid_any = any_per_cell(~bad_poly)
+    area_any = any_per_cell(~bad_poly & area_ok)
+    inside_any = any_per_cell(~bad_poly & area_ok & inside)
     reason[(reason == "") & ~has] = "no_nucleus"
     reason[(reason == "") & ~valid_any] = "invalid_polygon"
     reason[(reason == "") & ~area_any] = "nucleus_area"

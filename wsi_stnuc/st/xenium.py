@@ -57,10 +57,18 @@ def _find(root: Path, *names: str, required: bool = True) -> Path | None:
     return None
 
 
-def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """A parquet or (gzipped) CSV table as pyarrow; unreadable/missing columns -> InputError."""
+def read_table(
+    path: Path, columns: list[str] | None = None, *, dictionary: tuple[str, ...] = ()
+) -> pa.Table:
+    """A parquet or (gzipped) CSV table as pyarrow; unreadable/missing columns -> InputError.
+
+    Parquet columns named in ``dictionary`` are read dictionary-encoded (cheap run detection).
+    """
     try:
-        table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
+        if path.suffix == ".parquet":
+            table = pq.read_table(path, read_dictionary=list(dictionary) or None)
+        else:
+            table = pacsv.read_csv(path)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(path, f"cannot read table ({exc})") from exc
     if columns:
@@ -72,7 +80,7 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 def read_boundaries(path: Path) -> gpd.GeoDataFrame:
     """A Xenium boundary vertex table as a GeoDataFrame (``cell_id``, ``geometry`` in µm)."""
-    table = read_table(path, [X.CELL_ID, X.VERTEX_X, X.VERTEX_Y])
+    table = read_table(path, [X.CELL_ID, X.VERTEX_X, X.VERTEX_Y], dictionary=(X.CELL_ID,))
     sub = None
     if X.LABEL_ID in table.column_names:
         sub = table[X.LABEL_ID].to_numpy()

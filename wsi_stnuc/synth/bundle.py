@@ -5,34 +5,48 @@ Used by the demo and by tests of every stage. Deterministic for a given seed.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pyarrow.parquet as pq
-import shapely
 
 from wsi_stnuc.classes import ClassTable, Taxonomy, load_taxonomy
+from wsi_stnuc.export.geoparquet import write_geoparquet
 from wsi_stnuc.formats import LabelCols, Xenium
-from wsi_stnuc.io_utils import atomic_path
 from wsi_stnuc.slide.write import write_pyramidal_tiff
 from wsi_stnuc.synth.expression import panel_genes, sample_counts, write_panel_yaml
 from wsi_stnuc.synth.fields import make_layout
-from wsi_stnuc.synth.noise import NoisyST, STNoise, apply_affine, apply_st_noise, spill_counts
+from wsi_stnuc.synth.noise import NoisyST, STNoise
 from wsi_stnuc.synth.nuclei import TYPE_NAMES, sample_nuclei
 from wsi_stnuc.synth.painter import paint_he
-from wsi_stnuc.synth.xenium_writer import write_xenium_bundle, xenium_cell_ids
+from wsi_stnuc.synth.st_side import (
+    ALIGNMENT_PREFIX,
+    XENIUM_DIR,
+    default_alignment,
+    expand_cells,
+    slide_to_microns,
+    write_st_side,
+)
+
+__all__ = [
+    "ALIGNMENT_PREFIX",
+    "XENIUM_DIR",
+    "SyntheticBundle",
+    "default_alignment",
+    "expand_cells",
+    "make_synthetic_bundle",
+    "slide_to_microns",
+    "st_status",
+    "write_truth",
+]
 
 log = logging.getLogger(__name__)
 
 SLIDE_NAME = "slide.tif"
-XENIUM_DIR = "xenium"
 TRUTH_NAME = "truth.parquet"
 PANEL_NAME = "panel.yaml"
-ALIGNMENT_PREFIX = "synthetic_"
 # Truth columns beyond the LabelSet ones.
 TRUTH_ST_CELL_ID = "st_cell_id"  # Xenium cell the nucleus ended up in ("" when missed)
 TRUTH_ST_STATUS = "st_status"  # "ok", "missed" or "merged"
@@ -58,28 +72,6 @@ class SyntheticBundle:
     meta: dict = field(default_factory=dict)
 
 
-def default_alignment(mpp: float, pixel_size: float, shape: tuple[int, int]) -> np.ndarray:
-    """A non-trivial H&E px -> morphology px affine: 7° rotation, 1 % extra scale, offset.
-
-    Asymmetric on purpose, so a reader that inverts the direction lands far off.
-    """
-    s = mpp / pixel_size * 1.01
-    a = np.deg2rad(7.0)
-    h, w = shape
-    return np.array(
-        [
-            [s * np.cos(a), -s * np.sin(a), 900.0 + 0.05 * w * s],
-            [s * np.sin(a), s * np.cos(a), 350.0 + 0.02 * h * s],
-            [0.0, 0.0, 1.0],
-        ]
-    )
-
-
-def slide_to_microns(geoms: np.ndarray, alignment: np.ndarray, pixel_size: float) -> np.ndarray:
-    """Level-0 px -> morphology px (``alignment``) -> µm (``* pixel_size``)."""
-    return apply_affine(geoms, np.diag([pixel_size, pixel_size, 1.0]) @ alignment)
-
-
 def st_status(assignment: np.ndarray) -> np.ndarray:
     """Per true nucleus: ``missed`` (no ST cell), ``merged`` (shares one) or ``ok``."""
     shared = np.bincount(assignment[assignment >= 0], minlength=1)
@@ -98,32 +90,31 @@ def write_truth(
     noisy: NoisyST,
     st_ids: np.ndarray,
     extra: dict | None = None,
+    image_classes: np.ndarray | None = None,
 ) -> Path:
-    """Truth GeoParquet (level-0 px) with the class table in the ``wsi_stnuc`` metadata key."""
+    """Truth GeoParquet (level-0 px) with the class table in the ``wsi_stnuc`` metadata key.
+
+    Columns: the LabelSet ones (``cell_id``, ``geometry``, ``cell_type``, ``image_class``) plus
+    ``st_cell_id`` (the Xenium cell the nucleus ended up in, ``""`` when missed), ``st_status``
+    (``ok`` / ``missed`` / ``merged``) and ``extra`` columns. ``image_class`` follows the
+    taxonomy from ``cell_types`` unless ``image_classes`` is given.
+    """
     st_cell = np.where(noisy.assignment >= 0, st_ids[np.maximum(noisy.assignment, 0)], "")
     gdf = gpd.GeoDataFrame(
         {
             LabelCols.CELL_ID: cell_ids,
             LabelCols.CELL_TYPE: cell_types,
-            LabelCols.IMAGE_CLASS: taxonomy.map_types(cell_types),
+            LabelCols.IMAGE_CLASS: (
+                taxonomy.map_types(cell_types) if image_classes is None else image_classes
+            ),
             TRUTH_ST_CELL_ID: st_cell,
             TRUTH_ST_STATUS: st_status(noisy.assignment),
             **(extra or {}),
         },
         geometry=gpd.GeoSeries(polygons),
     )
-    with atomic_path(path) as tmp:
-        gdf.to_parquet(tmp)
-        _add_parquet_metadata(
-            tmp, {"wsi_stnuc": json.dumps({"classes": taxonomy.classes.to_dict()})}
-        )
-    return path
-
-
-def _add_parquet_metadata(path: Path, meta: dict[str, str]) -> None:
-    table = pq.read_table(path)
-    merged = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in meta.items()}}
-    pq.write_table(table.replace_schema_metadata(merged), path)
+    meta = {"classes": taxonomy.classes.to_dict(), "kind": "synthetic truth", "units": "level-0 px"}
+    return write_geoparquet(gdf, path, metadata=meta)
 
 
 def make_synthetic_bundle(
@@ -139,11 +130,18 @@ def make_synthetic_bundle(
     low_count_fraction: float = 0.08,
     taxonomy: Taxonomy | None = None,
     jpeg_quality: int = 85,
+    transcripts: bool = False,
 ) -> SyntheticBundle:
-    """Generate a slide, its Xenium bundle and the truth, under ``out_dir``.
+    """Generate a slide, its Xenium bundle and the truth under ``out_dir``; return the paths.
 
-    ``noise`` defaults to :meth:`STNoise.mild` (2 µm misregistration, 5 % missed, 2 % merged
-    nuclei); pass ``STNoise()`` for ST nuclei identical to the truth.
+    Five fine types with three visible identities: ``T``/``B`` (small round dark, ~7 µm),
+    ``Malignant`` (large pale vesicular with a nucleolus, ~12 µm, in nests), ``Fibroblast``/
+    ``Endothelial`` (oriented spindles, ~14 x 5 µm, in stroma). ``noise`` defaults to
+    :meth:`STNoise.mild` (2 µm misregistration, 5 % missed, 2 % merged, 5 % spillover);
+    ``STNoise()`` makes the ST nuclei equal the truth. ``low_count_fraction`` of cells get ~8x
+    fewer transcripts. ``transcripts`` also writes ``transcripts.parquet``. Files: ``slide.tif``
+    (JPEG pyramidal TIFF, mpp in the resolution tags), ``xenium/`` (with
+    ``synthetic_he_imagealignment.csv``), ``truth.parquet``, ``panel.yaml``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,69 +164,39 @@ def make_synthetic_bundle(
     counts, controls = sample_counts(
         rng, nuclei.kind, list(TYPE_NAMES), genes, low_count_fraction=low_count_fraction
     )
-    counts = spill_counts(counts, polygons, mpp, noise.spillover, noise.spillover_distance_um, rng)
-    noisy = apply_st_noise(polygons, mpp, noise, rng, image_shape=shape)
-    # Merged ST cells carry the transcripts of both nuclei.
-    st_counts = np.zeros((len(noisy.primary), len(genes)), dtype=np.int32)
-    st_ctrl = np.zeros((len(noisy.primary), controls.shape[1]), dtype=np.int32)
-    hit = noisy.assignment >= 0
-    np.add.at(st_counts, noisy.assignment[hit], counts[hit])
-    np.add.at(st_ctrl, noisy.assignment[hit], controls[hit])
-
-    truth_ids = xenium_cell_ids(len(nuclei), start=0x1000)
-    st_ids = truth_ids[noisy.primary]
-    alignment = default_alignment(mpp, pixel_size, shape)
-    nuclei_um = slide_to_microns(noisy.polygons, alignment, pixel_size)
-    # Xenium cells: the nucleus expanded by up to 3 µm, limited by its neighbours (Voronoi).
-    cells_um = expand_cells(nuclei_um, 3.0)
-    xenium_dir = write_xenium_bundle(
-        out / XENIUM_DIR,
-        cell_ids=st_ids,
-        nuclei_um=nuclei_um,
-        counts=st_counts,
-        genes=genes,
+    side = write_st_side(
+        out,
+        polygons,
+        counts,
+        controls,
+        genes,
+        mpp=mpp,
+        shape=shape,
+        noise=noise,
+        rng=rng,
         pixel_size=pixel_size,
-        cell_polygons_um=cells_um,
-        control_counts=st_ctrl,
-        alignment=alignment,
-        alignment_prefix=ALIGNMENT_PREFIX,
+        id_start=0x1000,
         run_name=f"wsi-stnuc synthetic seed {seed}",
+        transcripts=transcripts,
     )
-    truth = write_truth(out / TRUTH_NAME, polygons, truth_ids, types, taxonomy, noisy, st_ids)
+    noisy, st_ids = side.noisy, side.st_ids
+    truth = write_truth(
+        out / TRUTH_NAME, polygons, side.truth_ids, types, taxonomy, noisy, side.st_ids
+    )
     panel = write_panel_yaml(out / PANEL_NAME)
     log.info("synthetic bundle: %d nuclei, %d ST cells in %s", len(nuclei), len(st_ids), out)
     return SyntheticBundle(
         root=out,
         slide=slide,
-        xenium_dir=xenium_dir,
-        alignment_csv=xenium_dir / f"{ALIGNMENT_PREFIX}{Xenium.HE_ALIGNMENT_SUFFIX}",
+        xenium_dir=side.xenium_dir,
+        alignment_csv=side.alignment_csv,
         truth=truth,
         panel=panel,
         classes=taxonomy.classes,
         mpp=mpp,
-        alignment=alignment,
+        alignment=side.alignment,
         pixel_size=pixel_size,
         n_nuclei=len(nuclei),
         n_cells=len(st_ids),
         meta={"seed": seed, "noise": noise, "misregistration": noisy.misregistration},
     )
-
-
-def expand_cells(nuclei_um: np.ndarray, distance_um: float) -> np.ndarray:
-    """Cell outlines as Xenium draws them: nucleus expansion clipped to the Voronoi region.
-
-    Works in any length unit (``distance_um`` in the unit of ``nuclei_um``).
-    """
-    if len(nuclei_um) < 2:
-        return shapely.buffer(nuclei_um, distance_um)
-    centroids = shapely.centroid(nuclei_um)
-    regions = shapely.get_parts(shapely.voronoi_polygons(shapely.multipoints(centroids)))
-    # voronoi_polygons does not keep input order: match each region to its centroid.
-    tree = shapely.STRtree(regions)
-    pt_idx, reg_idx = tree.query(centroids, predicate="intersects")
-    _, first = np.unique(pt_idx, return_index=True)
-    region_of = np.empty(len(nuclei_um), dtype=object)
-    region_of[pt_idx[first]] = regions[reg_idx[first]]
-    cells = shapely.intersection(shapely.buffer(nuclei_um, distance_um), region_of)
-    # A nucleus reaching across its Voronoi edge must stay inside its own cell.
-    return shapely.union(cells, nuclei_um)

@@ -27,20 +27,15 @@ from wsi_stnuc.io_utils import atomic_path
 from wsi_stnuc.slide.write import write_pyramidal_tiff
 from wsi_stnuc.stitch import instances_to_polygons
 from wsi_stnuc.synth.bundle import (
-    ALIGNMENT_PREFIX,
     SLIDE_NAME,
     TRUTH_NAME,
     TRUTH_SOURCE,
-    XENIUM_DIR,
     SyntheticBundle,
-    default_alignment,
-    expand_cells,
-    slide_to_microns,
     write_truth,
 )
 from wsi_stnuc.synth.expression import N_NEGATIVE_CONTROLS
-from wsi_stnuc.synth.noise import STNoise, apply_st_noise, spill_counts
-from wsi_stnuc.synth.xenium_writer import write_xenium_bundle, xenium_cell_ids
+from wsi_stnuc.synth.noise import STNoise
+from wsi_stnuc.synth.st_side import write_st_side
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +170,15 @@ def make_paired_bundle(
     gap_px: int = 64,
     pixel_size: float = Xenium.DEFAULT_PIXEL_SIZE_UM,
     jpeg_quality: int = 95,
+    transcripts: bool = False,
 ) -> PairedBundle:
     """Write a mosaic slide of ``images``, a Xenium bundle of their nuclei, truth and placements.
 
     All images must share one resolution (their ``mpp``). ``noise`` defaults to
     :meth:`STNoise.mild`. The truth GeoParquet holds every annotated nucleus (level-0 px) with
     its annotated class, the sampled fine ``cell_type``, its ``image_class`` under the default
-    taxonomy, the ST cell it ended up in and its source image.
+    taxonomy (``unknown`` for classes that stand for no type), the ST cell it ended up in, the
+    reference cell its expression came from and its source image.
     """
     if not images:
         raise ValueError("make_paired_bundle: no images")
@@ -212,49 +209,44 @@ def make_paired_bundle(
     counts = ref_counts[pick]
     controls = rng.poisson(0.02, (len(pick), N_NEGATIVE_CONTROLS)).astype(np.int32)
 
-    counts = spill_counts(counts, polygons, mpp, noise.spillover, noise.spillover_distance_um, rng)
-    noisy = apply_st_noise(polygons, mpp, noise, rng, image_shape=shape)
-    n_st = len(noisy.primary)
-    st_counts = np.zeros((n_st, len(genes)), dtype=np.int32)
-    st_ctrl = np.zeros((n_st, controls.shape[1]), dtype=np.int32)
-    hit = noisy.assignment >= 0
-    np.add.at(st_counts, noisy.assignment[hit], counts[hit])
-    np.add.at(st_ctrl, noisy.assignment[hit], controls[hit])
-
-    truth_ids = xenium_cell_ids(len(polygons), start=0x2000)
-    st_ids = truth_ids[noisy.primary]
-    alignment = default_alignment(mpp, pixel_size, shape)
-    nuclei_um = slide_to_microns(noisy.polygons, alignment, pixel_size)
-    xenium_dir = write_xenium_bundle(
-        out / XENIUM_DIR,
-        cell_ids=st_ids,
-        nuclei_um=nuclei_um,
-        counts=st_counts,
-        genes=genes,
+    side = write_st_side(
+        out,
+        polygons,
+        counts,
+        controls,
+        genes,
+        mpp=mpp,
+        shape=shape,
+        noise=noise,
+        rng=rng,
         pixel_size=pixel_size,
-        cell_polygons_um=expand_cells(nuclei_um, 3.0),
-        control_counts=st_ctrl,
-        alignment=alignment,
-        alignment_prefix=ALIGNMENT_PREFIX,
-        panel_name="real Xenium breast expression (paired by class)",
+        id_start=0x2000,
         run_name=f"wsi-stnuc paired bundle seed {seed}",
+        panel_name="real Xenium breast expression (paired by class)",
+        transcripts=transcripts,
     )
+    noisy = side.noisy
+    # A class that stands for no type (CoNSeP "other", MoNuSeg) shows no known image class.
+    fine = ref_types[pick].astype(object)
+    typed = np.isin(annotated, [c for c, t in class_to_types.items() if t is not None])
+    image_classes = np.where(typed, taxonomy.map_types(fine), UNKNOWN)
     names = np.array([im.name for im in images], dtype=object)
     sources = np.array([im.source_image for im in images], dtype=object)
     truth = write_truth(
         out / TRUTH_NAME,
         polygons,
-        truth_ids,
-        ref_types[pick].astype(object),
+        side.truth_ids,
+        fine,
         taxonomy,
         noisy,
-        st_ids,
+        side.st_ids,
         extra={
             TRUTH_ANNOT_CLASS: annotated,
             TRUTH_IMAGE: names[owner],
             TRUTH_SOURCE: sources[owner],
             TRUTH_REFERENCE_CELL: ref_ids[pick],
         },
+        image_classes=image_classes,
     )
     placements = pd.DataFrame(
         {
@@ -268,20 +260,25 @@ def make_paired_bundle(
     )
     with atomic_path(out / PLACEMENTS_NAME) as tmp:
         placements.to_csv(tmp, index=False)
-    log.info("paired bundle: %d images, %d nuclei, %d ST cells", len(images), len(polygons), n_st)
+    log.info(
+        "paired bundle: %d images, %d nuclei, %d ST cells",
+        len(images),
+        len(polygons),
+        len(side.st_ids),
+    )
     return PairedBundle(
         root=out,
         slide=slide,
-        xenium_dir=xenium_dir,
-        alignment_csv=xenium_dir / f"{ALIGNMENT_PREFIX}{Xenium.HE_ALIGNMENT_SUFFIX}",
+        xenium_dir=side.xenium_dir,
+        alignment_csv=side.alignment_csv,
         truth=truth,
         panel=BREAST_PANEL,
         classes=taxonomy.classes,
         mpp=mpp,
-        alignment=alignment,
+        alignment=side.alignment,
         pixel_size=pixel_size,
         n_nuclei=len(polygons),
-        n_cells=n_st,
+        n_cells=len(side.st_ids),
         meta={"seed": seed, "noise": noise, "misregistration": noisy.misregistration},
         placements=out / PLACEMENTS_NAME,
     )

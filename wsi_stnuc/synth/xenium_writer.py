@@ -39,6 +39,11 @@ def xenium_cell_ids(n: int, start: int = 0, dataset_suffix: int = 1) -> np.ndarr
     return np.char.add(stems, f"-{dataset_suffix}")
 
 
+def control_probe_names(n: int) -> list[str]:
+    """Names of ``n`` negative control probes, spelled as in Xenium panels."""
+    return [f"NegControlProbe_{i:05d}" for i in range(n)]
+
+
 def _nucleus_parts(nuclei_um: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """Explode (Multi)Polygons into polygon parts; return parts and the owning row of each."""
     geoms = np.asarray(nuclei_um, dtype=object)
@@ -156,7 +161,7 @@ def write_xenium_bundle(
         control_counts = np.zeros((n, 0), dtype=np.int64)
     control_counts = np.asarray(control_counts)
     if control_names is None:
-        control_names = [f"NegControlProbe_{i:05d}" for i in range(control_counts.shape[1])]
+        control_names = control_probe_names(control_counts.shape[1])
     if control_counts.shape != (n, len(control_names)):
         raise ValueError(
             f"{out}: control_counts {control_counts.shape} vs {len(control_names)} names"

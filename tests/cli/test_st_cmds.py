@@ -1,0 +1,202 @@
+"""CLI ``celltype`` and ``labels`` end to end on a small Xenium-format bundle and slide."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+import shapely
+from click.testing import CliRunner
+from scipy import ndimage as ndi
+from wsi_stnuc_cli.main import cli
+
+GENES = {
+    "T": ["CD3E", "CD3D", "TRAC", "CD2"],
+    "Malignant": ["EPCAM", "KRT8", "ERBB2", "CDH1"],
+    "Fibroblast": ["LUM", "POSTN", "DCN", "COL1A1"],
+}
+PANEL_YAML = "name: toy\ntypes:\n" + "".join(f"  {t}: [{', '.join(g)}]\n" for t, g in GENES.items())
+PS = 0.2125  # µm per morphology px
+MPP = 0.5  # slide µm/px
+# H&E px -> morphology px (10x convention), asymmetric
+M = np.array([[MPP / PS, 0.0, -40.0], [0.0, MPP / PS * 1.01, 25.0], [0.0, 0.0, 1.0]])
+
+
+def _expression(n_per_type, rng):
+    genes = [g for gs in GENES.values() for g in gs] + ["ACTB", "GAPDH", "B2M", "FTL"]
+    truth = np.repeat(list(GENES), n_per_type)
+    base = np.ones((len(truth), len(genes)))
+    for t, gs in GENES.items():
+        base[np.ix_(truth == t, [genes.index(g) for g in gs])] = 20.0
+    counts = rng.poisson(base / base.sum(1, keepdims=True) * 60)
+    return counts.astype(np.int64), genes, truth
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    from wsi_stnuc.slide.write import write_pyramidal_tiff
+    from wsi_stnuc.st.align import apply_affine
+    from wsi_stnuc.synth.xenium_writer import (
+        write_alignment_csv,
+        write_xenium_bundle,
+        xenium_cell_ids,
+    )
+
+    root = tmp_path_factory.mktemp("st")
+    rng = np.random.default_rng(0)
+    counts, genes, truth = _expression(50, rng)
+    n = len(truth)
+    side = int(np.ceil(np.sqrt(n)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n]
+    centres_um = 30.0 + grid * 14.0 + rng.uniform(-2, 2, (n, 2))
+    nuclei = shapely.buffer(shapely.points(centres_um), 4.0, quad_segs=4)
+    ids = xenium_cell_ids(n)
+    bundle = write_xenium_bundle(
+        root / "xenium",
+        cell_ids=ids,
+        nuclei_um=nuclei,
+        counts=counts,
+        genes=genes,
+        pixel_size=PS,
+    )
+    write_alignment_csv(root / "he_imagealignment.csv", M)
+    # the H&E: nuclei painted where the true alignment puts them
+    px = apply_affine(np.linalg.inv(M), centres_um / PS)
+    h, w = int(px[:, 1].max() + 80), int(px[:, 0].max() + 80)
+    seeds = np.ones((h, w), bool)
+    seeds[px[:, 1].astype(int), px[:, 0].astype(int)] = False
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (235, 190, 210)
+    img[ndi.distance_transform_edt(seeds) <= 8] = (70, 40, 130)
+    write_pyramidal_tiff(root / "he.tif", img, MPP, compression="zlib")
+    (root / "panel.yaml").write_text(PANEL_YAML)
+    return {"root": root, "xenium": bundle, "truth": dict(zip(ids, truth, strict=True)), "px": px}
+
+
+def test_labels_end_to_end(bundle_dir, tmp_path):
+    from wsi_stnuc.st.labels import read_labelset
+
+    r = bundle_dir["root"]
+    out = tmp_path / "labels.parquet"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "labels",
+            "--xenium",
+            str(bundle_dir["xenium"]),
+            "--slide",
+            str(r / "he.tif"),
+            "--alignment",
+            str(r / "he_imagealignment.csv"),
+            "--panel",
+            str(r / "panel.yaml"),
+            "--out",
+            str(out),
+            "--qupath",
+            str(tmp_path / "labels.geojson"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "nuclei labelled" in res.output and "registration" in res.output
+    gdf, classes = read_labelset(out)
+    assert classes.names == ("epithelial", "inflammatory", "connective")
+    assert len(gdf) == 150
+    truth = (
+        gdf["cell_id"]
+        .map(bundle_dir["truth"])
+        .map({"T": "inflammatory", "Malignant": "epithelial", "Fibroblast": "connective"})
+    )
+    known = gdf["image_class"] != "unknown"
+    assert (gdf["image_class"][known] == truth[known]).mean() > 0.95
+    cents = shapely.get_coordinates(shapely.centroid(np.asarray(gdf.geometry.values)))
+    order = pd.Index(list(bundle_dir["truth"])).get_indexer(gdf["cell_id"])
+    assert np.median(np.linalg.norm(cents - bundle_dir["px"][order], axis=1)) < 1.0
+    doc = json.loads((tmp_path / "labels.geojson").read_text())
+    assert len(doc["features"]) == 150
+    meta = json.loads(pq.read_schema(out).metadata[b"wsi_stnuc"])
+    assert meta["report"]["n_labels"] == 150
+
+
+def test_labels_matrix_and_errors(bundle_dir, tmp_path):
+    r = bundle_dir["root"]
+    base = [
+        "labels",
+        "--xenium",
+        str(bundle_dir["xenium"]),
+        "--slide",
+        str(r / "he.tif"),
+        "--panel",
+        str(r / "panel.yaml"),
+        "--out",
+        str(tmp_path / "l.parquet"),
+        "--no-refine",
+    ]
+    res = CliRunner().invoke(cli, [*base, "--matrix", "1,0,0,0,0,0"])
+    assert res.exit_code == 2 and "singular" in res.output
+    res = CliRunner().invoke(cli, base)  # no alignment anywhere
+    assert res.exit_code != 0 and "no alignment" in res.output
+    bad = tmp_path / "bad_he_imagealignment.csv"
+    bad.write_text("1,2\n3,4\n")
+    res = CliRunner().invoke(cli, [*base, "--alignment", str(bad)])
+    assert res.exit_code == 2 and "bad_he_imagealignment.csv" in res.output
+    # µm -> px straight from the command line
+    a = np.linalg.inv(M) @ np.diag([1 / PS, 1 / PS, 1])
+    text = ",".join(f"{v:.10g}" for v in a[:2].ravel())
+    res = CliRunner().invoke(cli, [*base, "--matrix", text])
+    assert res.exit_code == 0, res.output
+
+
+def test_celltype_csv(bundle_dir, tmp_path):
+    r = bundle_dir["root"]
+    out = tmp_path / "types.csv"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "celltype",
+            str(bundle_dir["xenium"]),
+            "--panel",
+            str(r / "panel.yaml"),
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["cell_id", "cell_type", "image_class", "confidence"]
+    assert (df["cell_type"] == df["cell_id"].map(bundle_dir["truth"])).mean() > 0.9
+    # label transfer from an .h5ad reference, typed data from an .h5ad too
+    from wsi_stnuc.st.xenium import read_xenium
+
+    adata = read_xenium(bundle_dir["xenium"]).adata
+    adata.obs = adata.obs[[]]
+    adata.write_h5ad(tmp_path / "q.h5ad")
+    counts, genes, truth = _expression(30, np.random.default_rng(9))
+    ref = ad.AnnData(
+        sp.csr_matrix(counts.astype(np.float32)),
+        obs=pd.DataFrame({"cell_type": truth}, index=[f"r{i}" for i in range(90)]),
+        var=pd.DataFrame(index=genes),
+    )
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "celltype",
+            str(tmp_path / "q.h5ad"),
+            "--reference",
+            str(tmp_path / "ref.h5ad"),
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert (df["cell_type"] == df["cell_id"].map(bundle_dir["truth"])).mean() > 0.9
+    res = CliRunner().invoke(
+        cli, ["celltype", str(tmp_path / "q.h5ad"), "--method", "transfer", "--out", str(out)]
+    )
+    assert res.exit_code != 0 and "--reference" in res.output

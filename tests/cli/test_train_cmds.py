@@ -1,0 +1,58 @@
+"""``wsi-stnuc dataset`` and ``wsi-stnuc train`` through click's CliRunner."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from click.testing import CliRunner
+from skimage.draw import disk
+from wsi_stnuc_cli.main import cli
+
+from wsi_stnuc.classes import ClassTable
+from wsi_stnuc.slide.write import write_pyramidal_tiff
+
+CLASSES = ClassTable.from_names(["epithelial", "inflammatory"])
+
+
+def toy_inputs(tmp_path):
+    """A 480 x 640 slide at 0.25 µm/px with dark discs, and its LabelSet GeoParquet."""
+    from wsi_stnuc.st.labels import write_labelset
+
+    rng = np.random.default_rng(1)
+    image = rng.normal((230, 180, 200), 8, (480, 640, 3))
+    ys, xs = np.meshgrid(np.arange(30, 450, 40), np.arange(30, 610, 40))
+    centres = np.column_stack([xs.ravel(), ys.ravel()]) + rng.uniform(-5, 5, (xs.size, 2))
+    names = rng.choice(["epithelial", "inflammatory"], len(centres))
+    for x, y in centres:
+        image[disk((y - 0.5, x - 0.5), 10, shape=image.shape[:2])] = (90, 50, 140)
+    slide = write_pyramidal_tiff(tmp_path / "s.tif", np.clip(image, 0, 255).astype(np.uint8),
+                                 mpp=0.25, compression="zlib")  # fmt: skip
+    labels = gpd.GeoDataFrame(
+        {"cell_id": [f"c{i}" for i in range(len(names))], "cell_type": names,
+         "image_class": names, "confidence": 1.0, "weight": 1.0},
+        geometry=shapely.buffer(shapely.points(centres), 10),
+    )  # fmt: skip
+    return slide, write_labelset(labels, tmp_path / "labels.parquet", CLASSES)
+
+
+def test_dataset_then_train(tmp_path):
+    slide, labels = toy_inputs(tmp_path)
+    runner = CliRunner()
+    ds = tmp_path / "ds.zarr"
+    res = runner.invoke(cli, ["dataset", "--slide", str(slide), "--labels", str(labels),
+                              "--out", str(ds), "--patch", "64", "--block-um", "40"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "training" in res.output and "validation" in res.output and ds.is_dir()
+    res = runner.invoke(cli, ["train", str(ds), "--out", str(tmp_path / "run"), "--epochs", "1",
+                              "--width", "8", "--depth", "2", "--batch-size", "4",
+                              "--threads", "1", "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "best.pt").exists() and "best checkpoint" in res.output
+
+
+def test_train_on_a_foreign_folder_is_a_clean_error(tmp_path):
+    (tmp_path / "notds").mkdir()
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "notds"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "not a wsi-stnuc patch dataset" in res.output

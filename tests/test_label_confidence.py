@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+from wsi_stnuc.classes import UNKNOWN, ClassTable, Taxonomy
+from wsi_stnuc.crops import ArrayReader
+from wsi_stnuc.errors import InputError
+from wsi_stnuc.label_confidence import hematoxylin_support, label_weights, soft_class_targets
+
+PINK = (235, 170, 200)  # eosin-ish background
+PURPLE = (70, 50, 140)  # hematoxylin-dark nucleus
+
+
+def _slide_with_nuclei(centres, radius=8, shape=(400, 600)):
+    img = np.full((*shape, 3), PINK, np.uint8)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for cx, cy in centres:
+        img[(xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= radius**2] = PURPLE
+    return img
+
+
+def _labels(centres, radius=8.0, confidence=None):
+    n = len(centres)
+    return gpd.GeoDataFrame(
+        {
+            "cell_id": [f"c{i}" for i in range(n)],
+            "cell_type": ["T"] * n,
+            "image_class": ["inflammatory"] * n,
+            "confidence": np.full(n, 0.9) if confidence is None else confidence,
+            "weight": np.ones(n),
+        },
+        geometry=shapely.buffer(shapely.points(np.asarray(centres, float)), radius),
+    )
+
+
+NUCLEI = [(50, 50), (80, 60), (300, 200), (520, 320), (515, 30)]
+
+
+def test_polygon_on_background_loses_its_weight():
+    reader = ArrayReader(_slide_with_nuclei(NUCLEI), 0.25)
+    on_background = (200, 300)
+    labels = _labels([*NUCLEI, on_background])
+    out = label_weights(labels, reader, mpp=0.5)
+    assert list(out.index) == list(labels.index)
+    assert np.all(out["weight"].iloc[:5] > 0.9)
+    assert out["weight"].iloc[5] < 0.1
+    assert out["image_class"].iloc[5] == UNKNOWN
+    assert np.all(out["image_class"].iloc[:5] == "inflammatory")
+    assert out["h_support"].iloc[5] < 0.2 * out["h_support"].iloc[:5].min()
+
+
+def test_half_registered_polygon_has_less_support_than_a_centred_one():
+    reader = ArrayReader(_slide_with_nuclei(NUCLEI), 0.25)
+    shifted = [(300, 200), (300 + 10, 200)]  # the second polygon is shifted by 10 px
+    h = hematoxylin_support(np.asarray(_labels(shifted).geometry.values), reader, mpp=0.5)
+    assert h["h_support"].iloc[0] > h["h_support"].iloc[1] > 0
+
+
+def test_low_confidence_makes_class_unknown_but_keeps_weight():
+    reader = ArrayReader(_slide_with_nuclei(NUCLEI), 0.25)
+    conf = np.array([0.9, 0.2, 0.9, 0.9, 0.9])
+    out = label_weights(_labels(NUCLEI, confidence=conf), reader, min_confidence=0.5, mpp=0.5)
+    assert out["image_class"].tolist()[1] == UNKNOWN
+    assert out["weight"].iloc[1] > 0.9
+
+
+def test_missing_columns_are_an_input_error():
+    reader = ArrayReader(_slide_with_nuclei(NUCLEI), 0.25)
+    with pytest.raises(InputError, match="confidence"):
+        label_weights(_labels(NUCLEI).drop(columns="confidence"), reader)
+
+
+def test_soft_class_targets_sum_types_into_classes():
+    tax = Taxonomy(
+        ClassTable.from_names(["inflammatory", "spindle"]),
+        {"T": "inflammatory", "B": "inflammatory", "Fibro": "spindle", "Odd": UNKNOWN},
+    )
+    scores = pd.DataFrame(
+        {
+            "T": [0.5, 0.0, 0.0],
+            "B": [0.3, 0.0, 0.0],
+            "Fibro": [0.1, 0.5, 0.0],
+            "Odd": [0.1, 0.5, 1.0],
+        }
+    )
+    soft = soft_class_targets(scores, tax)
+    assert soft.shape == (3, 2)
+    assert np.allclose(soft, [[8 / 9, 1 / 9], [0, 1], [0, 0]])
+    raw = soft_class_targets(scores, tax, renormalise=False)
+    assert np.allclose(raw, [[0.8, 0.1], [0, 0.5], [0, 0]])
+    with pytest.raises(InputError):
+        soft_class_targets(-scores, tax)
