@@ -39,6 +39,8 @@ def _pairs(inputs: tuple[Path, ...]) -> list[tuple[Path, Path]]:
 )
 @click.option("--block-um", type=float, default=250.0, show_default=True,
               help="Side of the spatial blocks cross-validation holds out together.")  # fmt: skip
+@click.option("--min-confidence", type=float, default=0.0, show_default=True,
+              help="Leave out cells typed with less confidence than this.")  # fmt: skip
 @click.option("--folds", type=int, default=5, show_default=True)
 @click.option("--epochs", type=int, default=12, show_default=True)
 @click.option("--min-support", type=int, default=10, show_default=True,
@@ -48,8 +50,8 @@ def _pairs(inputs: tuple[Path, ...]) -> list[tuple[Path, Path]]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--slide-mpp", type=float, default=None,
               help="Override the slides' level-0 µm/px (for files without it).")  # fmt: skip
-def taxonomy_cmd(inputs, out, min_f1, n_classes, mpp, figure, crop_size, block_um, folds, epochs,
-                 min_support, unknown_f1, seed, slide_mpp) -> None:  # fmt: skip
+def taxonomy_cmd(inputs, out, min_f1, n_classes, mpp, figure, crop_size, block_um, min_confidence,
+                 folds, epochs, min_support, unknown_f1, seed, slide_mpp) -> None:  # fmt: skip
     """Learn image-oriented classes: INPUTS are LABELS.parquet SLIDE pairs.
 
     A crop CNN is cross-validated by spatial blocks on the LabelSets' fine cell types; the
@@ -71,6 +73,7 @@ def taxonomy_cmd(inputs, out, min_f1, n_classes, mpp, figure, crop_size, block_u
             mpp=mpp,
             size=crop_size,
             block_um=block_um,
+            min_confidence=min_confidence,
             n_splits=folds,
             epochs=epochs,
             seed=seed,

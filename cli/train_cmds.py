@@ -19,7 +19,7 @@ _EXISTING = click.Path(exists=True, path_type=Path)
 @click.option("--stride", type=int, default=None, help="Patch step (model px; default: patch).")
 @click.option("--taxonomy", type=_EXISTING, default=None,
               help="Taxonomy YAML whose classes to train (default: the LabelSet's class table).")  # fmt: skip
-@click.option("--block-um", type=float, default=512.0, show_default=True,
+@click.option("--block-um", type=float, default=256.0, show_default=True,
               help="Side of the spatial blocks the train/val split draws.")  # fmt: skip
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -24,7 +24,7 @@ def test_blocks_are_per_slide_squares():
 
 def test_no_block_is_on_both_sides_of_a_split():
     rng = np.random.default_rng(1)
-    pts = rng.uniform(0, 5000, (2000, 2))
+    pts = rng.uniform(0, 5000, (500, 2))
     blocks = spatial_block_ids(pts, 500)
     folds = spatial_folds(blocks, 5)
     tested = np.zeros(len(pts), int)
@@ -42,10 +42,10 @@ def test_too_few_blocks_is_an_input_error():
 def _synthetic_cells(n, rng):
     """Three types: 'small' dots, and 'big_a'/'big_b' drawn identically (the image cannot tell)."""
     types = rng.choice(["small", "big_a", "big_b"], n)
-    yy, xx = np.mgrid[:24, :24]
-    r2 = (yy - 11.5) ** 2 + (xx - 11.5) ** 2
-    crops = np.full((n, 24, 24, 3), 235, np.float32)
-    radius = np.where(types == "small", 3.0, 7.0)
+    yy, xx = np.mgrid[:16, :16]
+    r2 = (yy - 7.5) ** 2 + (xx - 7.5) ** 2
+    crops = np.full((n, 16, 16, 3), 235, np.float32)
+    radius = np.where(types == "small", 2.5, 6.0)
     crops[r2[None] <= radius[:, None, None] ** 2] = (70, 40, 120)
     crops += rng.normal(0, 12, crops.shape)
     return np.clip(crops, 0, 255).astype(np.uint8), types
@@ -53,12 +53,12 @@ def _synthetic_cells(n, rng):
 
 def test_cross_validation_separates_what_the_image_shows():
     rng = np.random.default_rng(0)
-    crops, types = _synthetic_cells(360, rng)
-    blocks = spatial_block_ids(rng.uniform(0, 3000, (360, 2)), 500)
+    crops, types = _synthetic_cells(240, rng)
+    blocks = spatial_block_ids(rng.uniform(0, 3000, (240, 2)), 500)
     res = cross_validate_crops(crops, types, blocks, n_splits=3, epochs=4, seed=0)
     assert res.types == ["big_a", "big_b", "small"]
     assert np.all(res.fold >= 0)
-    assert res.confusion.to_numpy().sum() == 360
+    assert res.confusion.to_numpy().sum() == 240
     norm = res.confusion_normalised
     assert norm.loc["small", "small"] > 0.9
     # big_a and big_b are the same picture: their cells are not told apart
@@ -68,23 +68,22 @@ def test_cross_validation_separates_what_the_image_shows():
 
 def test_image_confusion_reads_crops_from_labelsets():
     rng = np.random.default_rng(2)
-    crops, types = _synthetic_cells(150, rng)
+    crops, types = _synthetic_cells(120, rng)
     # paste the crops on a grid of a synthetic slide at 0.5 µm/px
-    side = 15 * 24
-    slide = np.full((side, 10 * 24 * 2, 3), 235, np.uint8)
+    slide = np.full((12 * 16, 10 * 32, 3), 235, np.uint8)
     centres = []
-    for k in range(150):
+    for k in range(120):
         r, c = divmod(k, 10)
-        y, x = r * 24, c * 48
-        slide[y : y + 24, x : x + 24] = crops[k]
-        centres.append((x + 12, y + 12))
+        y, x = r * 16, c * 32
+        slide[y : y + 16, x : x + 16] = crops[k]
+        centres.append((x + 8, y + 8))
     centres = np.array(centres, float)
     labels = gpd.GeoDataFrame(
-        {"cell_type": types, "weight": np.ones(150)},
+        {"cell_type": types, "weight": np.ones(120)},
         geometry=shapely.buffer(shapely.points(centres), 3),
     )
     res = image_confusion(
-        [(labels, ArrayReader(slide, 0.5))], mpp=0.5, size=24, block_um=60, n_splits=3, epochs=4
+        [(labels, ArrayReader(slide, 0.5))], mpp=0.5, size=16, block_um=40, n_splits=3, epochs=4
     )
-    assert res.confusion.to_numpy().sum() == 150
+    assert res.confusion.to_numpy().sum() == 120
     assert res.confusion_normalised.loc["small", "small"] > 0.8

@@ -233,3 +233,15 @@ def test_blank_slide_with_tissue_detection(tmp_path):
     table = gpd.read_parquet(res.parquet)
     assert len(table) == 0 and NucleusCols.CLASS_NAME in table.columns
     assert read_qupath_geojson(res.geojson).empty
+
+
+def test_plain_callable_model(slide, tmp_path):
+    path, discs = slide
+
+    def model(images):
+        return oracle_forward(images)
+
+    model.mpp, model.classes = 0.5, CLASSES
+    assert _run(model, path, tmp_path).n_nuclei == len(discs)
+    with pytest.raises(TypeError, match="mpp"):
+        _run(oracle_forward, path, tmp_path / "x")

@@ -292,6 +292,7 @@ def image_confusion(
     mpp: float = 0.5,
     size: int = 32,
     block_um: float = 250.0,
+    min_confidence: float = 0.0,
     n_splits: int = 5,
     epochs: int = 12,
     max_per_class: int | None = 600,
@@ -301,7 +302,9 @@ def image_confusion(
     progress: bool = False,
 ) -> CVResult:
     """Crops of every labelled cell of every ``(labelset GeoDataFrame, slide)`` pair, then
-    spatial-block CV by fine ``cell_type``. ``block_um``: block side in µm."""
+    spatial-block CV by fine ``cell_type``. ``block_um``: block side in µm. Cells without a
+    type, with zero weight or with typing ``confidence`` below ``min_confidence`` are left out
+    (their type says little about what the image shows)."""
     from wsi_stnuc.crops import extract_crops, open_reader
     from wsi_stnuc.formats import LabelCols
 
@@ -315,6 +318,8 @@ def image_confusion(
         keep = labels[LabelCols.CELL_TYPE].notna().to_numpy()
         if LabelCols.WEIGHT in labels.columns:
             keep &= labels[LabelCols.WEIGHT].fillna(0).to_numpy() > 0
+        if min_confidence > 0 and LabelCols.CONFIDENCE in labels.columns:
+            keep &= labels[LabelCols.CONFIDENCE].fillna(0).to_numpy() >= min_confidence
         sub = labels[keep]
         centroids = labelset_centroids(sub)
         reader, owned = open_reader(slide)

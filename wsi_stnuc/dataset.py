@@ -69,8 +69,9 @@ def split_blocks(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Assign tiles to train/val by spatial blocks; returns ``(block_id, split, keep)``.
 
-    A tile belongs to the block holding its centre; whole blocks are drawn for validation
-    (seeded) until ``val_fraction`` of the tiles is reached. Guard band: a training tile that
+    A tile belongs to the block holding its centre; whole blocks nearest a randomly chosen
+    (seeded) corner of the block grid go to validation until ``val_fraction`` of the tiles is
+    best matched. Guard band: a training tile that
     overlaps a validation tile, or comes within ``guard`` (level-0 px) of one, is dropped
     (``keep`` False), so no pixel -- and, with ``guard`` above a nucleus diameter, no nucleus --
     is seen on both sides.
@@ -85,14 +86,21 @@ def split_blocks(
     keep = np.ones(len(origins), bool)
     if n_blocks < 2 or val_fraction <= 0:
         return block, split, keep
+    # Validation blocks: a compact region grown from a random corner of the block grid, so the
+    # train/val border -- where the guard band drops tiles -- stays short.
     rng = np.random.default_rng(seed)
     counts = np.bincount(block, minlength=n_blocks)
+    block_cell = np.zeros((n_blocks, 2), np.int64)
+    block_cell[block] = cell
+    corner = np.where(rng.integers(2, size=2) == 1, block_cell.max(0), block_cell.min(0))
+    order = np.lexsort((rng.random(n_blocks), np.abs(block_cell - corner).sum(1)))
     is_val = np.zeros(n_blocks, bool)
-    target = val_fraction * len(origins)
-    for b in rng.permutation(n_blocks)[: n_blocks - 1]:  # always keep a training block
-        if counts[is_val].sum() >= target:
+    target, n_val = val_fraction * len(origins), 0
+    for b in order[: n_blocks - 1]:  # always keep a training block
+        if n_val and abs(n_val + counts[b] - target) > abs(n_val - target):
             break
         is_val[b] = True
+        n_val += counts[b]
     split = is_val[block].astype(np.uint8)
     x, y = origins[:, 0], origins[:, 1]
     val = np.nonzero(split == 1)[0]
@@ -245,7 +253,7 @@ def build_patch_dataset(
     patch: int = 256,
     stride: int | None = None,
     tissue=None,
-    block_um: float = 512.0,
+    block_um: float = 256.0,
     guard_um: float = 12.0,
     val_fraction: float = 0.2,
     seed: int = 0,

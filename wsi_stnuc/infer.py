@@ -169,7 +169,14 @@ def _as_segmenter(model, device: str, batch_size: int) -> Segmenter:
         return model
     if isinstance(model, str | Path):
         return checkpoint_segmenter(model, device, batch_size=batch_size)
-    raise TypeError(f"model must be a checkpoint path or a Segmenter, got {type(model).__name__}")
+    if callable(model) and hasattr(model, "mpp") and hasattr(model, "classes"):
+        # a plain callable images -> [(inst, info), ...] that states its mpp and classes
+        name = getattr(model, "__name__", type(model).__name__)
+        return Segmenter(model, float(model.mpp), model.classes, identity={"name": name})
+    raise TypeError(
+        "model must be a checkpoint path, a Segmenter, or a callable with .mpp and .classes; "
+        f"got {type(model).__name__}"
+    )
 
 
 def _class_names(classes: ClassTable, class_ids: np.ndarray) -> np.ndarray:

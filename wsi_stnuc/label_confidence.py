@@ -6,7 +6,8 @@ registration error, a nucleus out of the H&E section's plane). The first only ma
 doubtful: the cell keeps its segmentation weight but its class becomes ``unknown``. The second
 makes the whole label doubtful: its weight drops with the hematoxylin evidence under it.
 
-Hematoxylin evidence (``h_support``): mean hematoxylin optical density inside the polygon minus
+Hematoxylin evidence (``h_support``): mean hematoxylin optical density
+(:func:`wsi_stnuc.stain.hematoxylin_od`, Ruifrok-Johnston) inside the polygon minus
 the mean over a ring around it (pixels of other labelled nuclei excluded), read at ``mpp``.
 A polygon on a nucleus is darker in hematoxylin than its surroundings; one on background,
 stroma or lumen is not.
@@ -25,33 +26,14 @@ from wsi_stnuc.classes import UNKNOWN, Taxonomy
 from wsi_stnuc.crops import SlideLike, iter_region_groups, open_reader
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.formats import LabelCols
+from wsi_stnuc.stain import hematoxylin_od
 
 log = logging.getLogger(__name__)
 
 # Used as the contrast scale when most polygons show no contrast at all (the slide is probably
-# misregistered as a whole, so the cohort median is no reference). In rgb2hed units a nucleus
-# typically stands 0.02-0.05 above stroma.
-FALLBACK_H_SCALE = 0.02
-
-
-def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
-    """Hematoxylin optical density ``H x W`` (float32) of an RGB image.
-
-    Uses ``wsi_stnuc.stain.hematoxylin_od`` where present, else scikit-image's colour
-    deconvolution (Ruifrok & Johnston), whose H channel is the same quantity up to scale.
-    """
-    try:
-        from wsi_stnuc.stain import hematoxylin_od
-    except ImportError:
-        hematoxylin_od = None
-    if hematoxylin_od is not None:
-        h = np.asarray(hematoxylin_od(rgb), dtype=np.float32)
-        if h.shape == rgb.shape[:2]:
-            return h
-        log.warning("stain.hematoxylin_od returned shape %s; using skimage rgb2hed", h.shape)
-    from skimage.color import rgb2hed
-
-    return rgb2hed(rgb)[..., 0].astype(np.float32)
+# misregistered as a whole, so its own median is no reference). Hematoxylin OD as computed by
+# wsi_stnuc.stain: dark nuclear chromatin reads ~0.5-0.9, stroma ~0.1-0.2.
+FALLBACK_H_SCALE = 0.1
 
 
 def _region_sums(
@@ -106,7 +88,7 @@ def hematoxylin_support(
             for g in iter_region_groups(
                 reader, centroids, mpp=mpp, margin_px=margin, tile_px=tile_px
             ):
-                h_img = hematoxylin_density(g.image).ravel()
+                h_img = hematoxylin_od(g.image).ravel()
                 rows, cols = g.image.shape[:2]
                 # pixel centres of the region, in level-0 px
                 vv, uu = np.mgrid[0:rows, 0:cols]

@@ -284,8 +284,8 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
             if state["step"] % max(cfg.log_every, 1) == 0:
-                bar.set_postfix(loss=f"{float(terms['total']):.3f}", lr=f"{lr:.2e}")
-                log.debug("step %d loss %.4f", state["step"], float(terms["total"]))
+                bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", lr=f"{lr:.2e}")
+                log.debug("step %d loss %.4f", state["step"], float(terms["total"].detach()))
             if time_budget and elapsed() >= time_budget:
                 out_of_time = True
                 break

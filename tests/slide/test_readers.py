@@ -164,3 +164,27 @@ def test_tia_reader_matches_tifffile(jpeg_pyramid):
         assert tia.dimensions == tf.dimensions
         assert tia.mpp == pytest.approx(tf.mpp)
         assert_same_jpeg(tia.read_region(64, 32, 200, 120), tf.read_region(64, 32, 200, 120))
+
+
+def test_direct_tiles_equal_zarr_view(jpeg_pyramid):
+    with TifffileReader(jpeg_pyramid) as slide:
+        for level, (x, y, w, h) in enumerate(
+            [(0, 0, 700, 300), (37, 251, 500, 400), (5, 7, 560, 440)]
+        ):
+            assert slide._direct[level] is not None
+            via_zarr = np.asarray(slide._array(level)[y : y + h, x : x + w])
+            np.testing.assert_array_equal(slide.read_level(level, x, y, w, h), via_zarr)
+
+
+def test_striped_and_gray_tiffs_use_zarr_view(tmp_path, synthetic_image):
+    img = synthetic_image[:300, :400]
+    striped = tmp_path / "strips.tif"
+    tifffile.imwrite(striped, img, photometric="rgb", compression="zlib", rowsperstrip=64)
+    with open_slide(striped, mpp=0.5) as slide:
+        assert slide._direct[0] is None
+        np.testing.assert_array_equal(slide.read_level(0, 13, 17, 200, 150), img[17:167, 13:213])
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, img[..., 1], tile=(128, 128), compression="zlib")
+    with open_slide(gray, mpp=0.5) as slide:
+        out = slide.read_level(0, 100, 50, 64, 64)
+        np.testing.assert_array_equal(out, np.repeat(img[50:114, 100:164, 1:2], 3, axis=2))

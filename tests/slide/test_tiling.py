@@ -104,3 +104,23 @@ def test_stream_with_distributed_client(jpeg_pyramid):
     assert [t for t, _ in got] == grid.tile_id.tolist()
     for tile_id, image in got:
         np.testing.assert_array_equal(image, expected[tile_id])
+
+
+@pytest.mark.slow
+def test_stream_with_processes(jpeg_pyramid):
+    with open_slide(jpeg_pyramid) as slide:
+        grid = tile_grid(slide, 1.0, core=256, halo=16)
+        expected = [
+            slide.read_region(r.read_x0, r.read_y0, 288, 288, 1.0) for r in grid.itertuples()
+        ]
+    got = list(stream_tiles(jpeg_pyramid, grid, scheduler="processes", num_workers=2))
+    assert [t for t, _ in got] == grid.tile_id.tolist()
+    for (_, image), ref in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(image, ref)
+
+
+def test_unknown_scheduler(jpeg_pyramid):
+    with open_slide(jpeg_pyramid) as slide:
+        grid = tile_grid(slide, 1.0, core=256, halo=16)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        list(stream_tiles(jpeg_pyramid, grid, scheduler="gpu"))

@@ -101,3 +101,16 @@ def test_parse_matrix():
         parse_matrix("0,0,1,0,0,1")
     with pytest.raises(InputError, match="last row"):
         check_affine(np.array([[1, 0, 0], [0, 1, 0], [0.1, 0, 1]]))
+
+
+def test_transform_geodataframe_and_series():
+    import geopandas as gpd
+
+    a = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    pts = gpd.GeoSeries(shapely.points([[1.0, 2.0], [3.0, 4.0]]), index=[5, 6])
+    out = transform_geometries(pts, a)
+    assert list(out.index) == [5, 6]
+    np.testing.assert_allclose(shapely.get_coordinates(out.values), [[3, 6], [7, 12]])
+    df = transform_geometries(gpd.GeoDataFrame({"v": [1, 2]}, geometry=pts.values), a)
+    assert list(df["v"]) == [1, 2]
+    np.testing.assert_allclose(shapely.get_coordinates(df.geometry.values), [[3, 6], [7, 12]])

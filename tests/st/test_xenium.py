@@ -163,3 +163,33 @@ def test_zarr_cell_id_encoding():
     # 10x: prefix 0 -> "aaaaaaaa"; hex digits 0-f are written a-p.
     out = cell_id_from_uint32(np.array([0, 0x12AF]), np.array([1, 1]))
     assert list(out) == ["aaaaaaaa-1", "aaaabckp-1"]
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_zarr_zip_matrix(tmp_path):
+    import zarr
+
+    from wsi_stnuc.st.xenium import read_zarr_zip, split_genes
+
+    path = tmp_path / "cell_feature_matrix.zarr.zip"
+    store = zarr.storage.ZipStore(path, mode="w")
+    root = zarr.open_group(store, mode="w", zarr_format=2)
+    grp = root.create_group("cell_features")
+    grp.attrs.update(
+        {
+            "number_cells": 3,
+            "feature_keys": ["CD3E", "EPCAM", "NegControlProbe_1"],
+            "feature_types": ["gene", "gene", "Negative Control Probe"],
+        }
+    )
+    grp.create_array("data", data=np.array([1, 2, 3], np.uint32))
+    grp.create_array("indices", data=np.array([0, 1, 2], np.uint32))
+    grp.create_array("indptr", data=np.array([0, 1, 2, 3], np.uint32))
+    root.create_array("cell_id", data=np.array([[0, 1], [1, 1], [0x12AF, 1]], np.uint32))
+    store.close()
+    mat, barcodes, features = read_zarr_zip(path)
+    assert list(barcodes) == ["aaaaaaaa-1", "aaaaaaab-1", "aaaabckp-1"]
+    genes_mat, genes, controls = split_genes(mat, features)
+    assert list(genes.index) == ["CD3E", "EPCAM"]
+    np.testing.assert_array_equal(genes_mat.toarray(), [[1, 0], [0, 2], [0, 0]])
+    np.testing.assert_array_equal(controls["counts_negative_control_probe"], [0, 0, 3])

@@ -112,6 +112,11 @@ class SlideReader(ABC):
         return [(w0 / w + h0 / h) / 2.0 for w, h in self.level_dimensions]
 
     @property
+    def mpp_override(self) -> tuple[float, float] | None:
+        """The ``(x, y)`` µm/px the caller forced at open time, if any."""
+        return self._mpp_override
+
+    @property
     def mpp(self) -> tuple[float, float]:
         """``(x, y)`` µm per level-0 pixel: the override if given, else the file's own."""
         if self._mpp_override is not None:

@@ -37,7 +37,7 @@ def _level0(slide: SlideReader, chunk: int) -> da.Array:
     yxc = da.map_blocks(
         _read_block,
         str(slide.path),
-        slide._mpp_override,
+        slide.mpp_override,
         slide.backend,
         chunks=(da.core.normalize_chunks(chunk, (height,))[0],)
         + (da.core.normalize_chunks(chunk, (width,))[0], (3,)),

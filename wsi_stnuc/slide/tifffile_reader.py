@@ -46,7 +46,7 @@ def _to_rgb(block: np.ndarray, axes: str) -> np.ndarray:
 
 
 class TifffileReader(SlideReader):
-    """A pyramidal TIFF/SVS/OME-TIFF read through tifffile + zarr."""
+    """A pyramidal TIFF/SVS/OME-TIFF read through tifffile (direct tiles or its zarr view)."""
 
     backend = "tifffile"
 

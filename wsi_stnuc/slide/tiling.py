@@ -143,7 +143,7 @@ def stream_tiles(
     """
     if isinstance(slide_path, SlideReader):
         backend = backend or slide_path.backend
-        mpp_override = mpp_override if mpp_override is not None else slide_path._mpp_override
+        mpp_override = mpp_override if mpp_override is not None else slide_path.mpp_override
         slide_path = slide_path.path
     path = str(slide_path)
     size, sx, sy = int(grid.attrs["read_px"]), float(grid.attrs["sx"]), float(grid.attrs["sy"])

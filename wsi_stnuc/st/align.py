@@ -156,17 +156,23 @@ def microns_to_slide_matrix(m: np.ndarray, pixel_size: float) -> np.ndarray:
 
 
 def transform_geometries(geoms, matrix: np.ndarray):
-    """Apply a 3x3 affine to an array (or GeoSeries) of shapely geometries, vectorised."""
-    a = check_affine(matrix)
-    values = getattr(geoms, "values", geoms)
-    out = shapely.transform(np.asarray(values), lambda xy: apply_affine(a, xy))
-    if hasattr(geoms, "index") and hasattr(geoms, "set_geometry"):
-        return geoms.set_geometry(out)
-    if hasattr(geoms, "index"):
-        import geopandas as gpd
+    """Apply a 3x3 affine to shapely geometries, vectorised.
 
-        return gpd.GeoSeries(out, index=geoms.index, crs=getattr(geoms, "crs", None))
-    return out
+    Takes an array of geometries, a GeoSeries or a GeoDataFrame and returns the same kind
+    (index and other columns kept).
+    """
+    import geopandas as gpd
+
+    a = check_affine(matrix)
+
+    def _apply(values):
+        return shapely.transform(np.asarray(values), lambda xy: apply_affine(a, xy))
+
+    if isinstance(geoms, gpd.GeoDataFrame):
+        return geoms.set_geometry(_apply(geoms.geometry.values))
+    if isinstance(geoms, gpd.GeoSeries):
+        return gpd.GeoSeries(_apply(geoms.values), index=geoms.index, crs=geoms.crs)
+    return _apply(geoms)
 
 
 def scale_of(matrix: np.ndarray) -> float:
