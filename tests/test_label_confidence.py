@@ -94,3 +94,31 @@ def test_soft_class_targets_sum_types_into_classes():
     assert np.allclose(raw, [[0.8, 0.1], [0, 0.5], [0, 0]])
     with pytest.raises(InputError):
         soft_class_targets(-scores, tax)
+
+
+@pytest.mark.realdata
+def test_real_slide_nuclei_outweigh_polygons_on_glass(cmu_slide):
+    """On the real CMU slide: polygons on dark blobs (nuclei) keep their weight, polygons on
+    empty glass lose it."""
+    from scipy import ndimage as ndi
+
+    from wsi_stnuc.slide.registry import open_slide
+    from wsi_stnuc.stain import hematoxylin_od
+
+    with open_slide(cmu_slide) as slide:
+        scale = 1.0 / slide.mpp[0]  # level-0 px per 1 µm output pixel
+        h = hematoxylin_od(slide.read_region(0, 0, 1100, 1480, 1.0))
+        blobs, n = ndi.label(ndi.gaussian_filter(h, 1) > np.percentile(h, 97))
+        sizes = ndi.sum(np.ones_like(h), blobs, np.arange(1, n + 1))
+        ids = np.argsort(sizes)[::-1][:30] + 1
+        nuclei = np.array(ndi.center_of_mass(h, blobs, ids))[:, ::-1] + 0.5
+        empty = ndi.uniform_filter(h, 15) < 0.03
+        ys, xs = np.nonzero(empty[20:-20, 20:-20])
+        pick = np.random.default_rng(0).choice(len(xs), 30, replace=False)
+        glass = np.column_stack([xs[pick], ys[pick]]) + 20.5
+        centres = np.vstack([nuclei, glass]) * scale
+        out = label_weights(_labels(centres, radius=2.5 * scale), slide, mpp=0.5)
+    w = out["weight"].to_numpy()
+    assert np.median(w[:30]) > 0.8
+    assert np.median(w[30:]) < 0.2
+    assert (out["image_class"].iloc[30:] == UNKNOWN).mean() > 0.8

@@ -54,7 +54,7 @@ def test_lr_schedule():
 
 def test_tiny_training_run_and_resume(tiny_dataset, tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=3, batch_size=3, lr=1e-2, width=8, depth=2, patience=10, seed=0,
-                      augment=True, device="cpu", threads=1)  # fmt: skip
+                      augment=True, device="cpu", threads=1, val_every=1)  # fmt: skip
     best = train_model(tiny_dataset, tmp_path / "run", cfg, progress=False)
     assert best.name == "best.pt" and (tmp_path / "run" / "last.pt").exists()
     log = pd.read_csv(tmp_path / "run" / "log.csv")

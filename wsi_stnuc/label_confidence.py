@@ -30,10 +30,11 @@ from wsi_stnuc.stain import hematoxylin_od
 
 log = logging.getLogger(__name__)
 
-# Used as the contrast scale when most polygons show no contrast at all (the slide is probably
-# misregistered as a whole, so its own median is no reference). Hematoxylin OD as computed by
-# wsi_stnuc.stain: dark nuclear chromatin reads ~0.5-0.9, stroma ~0.1-0.2.
-FALLBACK_H_SCALE = 0.1
+# Floor of the contrast scale, in hematoxylin OD (wsi_stnuc.stain: dark chromatin reads
+# ~0.5-0.9, stroma ~0.1-0.2, glass ~0.02). A slide-median reference alone fails when many
+# polygons are off their nuclei (a badly registered slide); contrast below 0.05 OD is not a
+# nucleus on any H&E we have seen.
+MIN_H_SCALE = 0.05
 
 
 def _region_sums(
@@ -124,15 +125,17 @@ def label_weights(
     min_confidence: float = 0.5,
     mpp: float = 0.5,
     h_scale: float | None = None,
+    min_h_weight: float = 0.25,
     ring_um: float = 3.0,
 ) -> pd.DataFrame:
     """Per-cell supervision weights for a LabelSet on its slide.
 
     Returns a DataFrame (index = ``labels.index``) with ``weight`` (0-1: the label's own weight,
     if any, times ``clip(h_support / h_scale, 0, 1)``), ``h_support`` and ``image_class``
-    (``unknown`` where ``confidence < min_confidence`` or the polygon shows no hematoxylin
-    contrast). ``h_scale`` defaults to half the median ``h_support`` of the slide's cells: a
-    polygon with half the typical nucleus contrast still gets full weight.
+    (``unknown`` where ``confidence < min_confidence`` or the hematoxylin factor is below
+    ``min_h_weight``: such a polygon is probably not on the nucleus its type belongs to).
+    ``h_scale`` defaults to half the median ``h_support`` of the slide's cells (at least
+    :data:`MIN_H_SCALE`): a polygon with half the typical nucleus contrast gets full weight.
     """
     for col in (LabelCols.IMAGE_CLASS, LabelCols.CONFIDENCE):
         if col not in labels.columns:
@@ -145,7 +148,7 @@ def label_weights(
     support = h["h_support"].to_numpy()
     if h_scale is None:
         med = np.nanmedian(support) if np.any(np.isfinite(support)) else np.nan
-        h_scale = 0.5 * med if np.isfinite(med) and med > 0 else FALLBACK_H_SCALE
+        h_scale = max(0.5 * med, MIN_H_SCALE) if np.isfinite(med) else MIN_H_SCALE
         log.info("label weights: h_scale %.4f (median h_support %.4f)", h_scale, med)
     if h_scale <= 0:
         raise InputError(None, f"h_scale must be positive, got {h_scale}")
@@ -157,7 +160,7 @@ def label_weights(
     )
     confidence = labels[LabelCols.CONFIDENCE].fillna(0.0).to_numpy(dtype=np.float64)
     image_class = labels[LabelCols.IMAGE_CLASS].astype(str).to_numpy().copy()
-    image_class[(confidence < min_confidence) | (w_h <= 0)] = UNKNOWN
+    image_class[(confidence < min_confidence) | (w_h < min_h_weight)] = UNKNOWN
     return pd.DataFrame(
         {
             LabelCols.WEIGHT: (base * w_h).astype(np.float32),

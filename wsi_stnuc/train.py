@@ -37,7 +37,9 @@ class TrainConfig:
     The defaults (width 16, depth 4) are sized to learn a useful 3-class model from 0.5 µm/px
     tiles in a few minutes on 2 CPU cores; on a GPU raise ``width`` and ``batch_size``.
     ``amp``: ``"auto"`` (on for CUDA), True or False. ``steps_per_epoch`` caps an epoch
-    (None: one pass over the training split). ``threads``: torch CPU threads (None: torch's).
+    (None: one pass over the training split). ``val_every``: validate every so many epochs
+    (None: about every 50 steps, and always after the last epoch); ``patience`` counts
+    validations. ``threads``: torch CPU threads (None: torch's).
     """
 
     epochs: int = 30
@@ -56,6 +58,7 @@ class TrainConfig:
     max_minutes: float | None = None
     log_every: int = 20
     steps_per_epoch: int | None = None
+    val_every: int | None = None
     warmup_fraction: float = 0.05
     augment: bool = True
     threads: int | None = None
@@ -151,8 +154,14 @@ def _write_log(path: Path, rows: list[dict]) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
 
 
-def _better(score: float, best: float) -> bool:
-    return np.isfinite(score) and (not np.isfinite(best) or score > best)
+def _better(metrics: dict, state: dict) -> bool:
+    """Higher validation PQ wins; on a tie (e.g. PQ 0 early on) the lower validation loss."""
+    pq, best = metrics.get("pq", float("nan")), state["best"]
+    if not np.isfinite(pq):
+        return False
+    if not np.isfinite(best) or pq > best + 1e-9:
+        return True
+    return pq >= best - 1e-9 and metrics.get("loss", np.inf) < state.get("best_loss", np.inf)
 
 
 def train_model(
@@ -214,7 +223,8 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
     model = NucleiNet(classes.n_classes, width=cfg.width, depth=cfg.depth,
                       encoder=cfg.encoder, pretrained_path=cfg.pretrained_path)  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "best": float("nan"), "bad_epochs": 0}
+    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "best": float("nan"),
+             "best_loss": float("inf"), "bad_epochs": 0}  # fmt: skip
     rows: list[dict] = []
     if resume is not None:
         model, meta = load_checkpoint(resume, device="cpu")
@@ -233,6 +243,8 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
                 group[k] = v.to(device)
 
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ds) / cfg.batch_size)
+    # Small datasets make short epochs: validating after each would cost more than training.
+    val_every = cfg.val_every or max(1, round(50 / steps_per_epoch))
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     time_budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -291,18 +303,20 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
                 break
         row = {"epoch": epoch, "step": state["step"], "lr": lr}
         row.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})
+        last_epoch = out_of_time or epoch == cfg.epochs
+        validate = len(val_ds) > 0 and (epoch % val_every == 0 or last_epoch)
         metrics = {}
-        if len(val_ds):
+        if validate:
             metrics = evaluate(model, val_ds, device, cfg.batch_size, use_amp)
             row.update({f"val_{k}": v for k, v in metrics.items()})
         row["seconds"] = elapsed()
         rows.append(row)
         state.update(epoch=epoch, elapsed=elapsed())
         score = metrics.get("pq", float("nan"))
-        if not len(val_ds) or _better(score, state["best"]):
-            state.update(best=score, bad_epochs=0)
+        if not len(val_ds) or (validate and _better(metrics, state)):
+            state.update(best=score, best_loss=metrics.get("loss", np.inf), bad_epochs=0)
             checkpoint(out / BEST, {**metrics, "epoch": epoch})
-        else:
+        elif validate:
             state["bad_epochs"] += 1
         checkpoint(out / LAST, {**metrics, "epoch": epoch})
         _write_log(out / LOG, rows)
@@ -315,7 +329,7 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
             log.info("time budget of %.1f min used up after epoch %d", cfg.max_minutes, epoch)
             break
         if len(val_ds) and state["bad_epochs"] >= cfg.patience:
-            log.info("early stop: no PQ gain for %d epochs", cfg.patience)
+            log.info("early stop: no PQ gain in %d validations", cfg.patience)
             break
     if not (out / BEST).exists():  # resumed a finished run, or zero epochs: keep last
         checkpoint(out / BEST, {"epoch": state["epoch"]})

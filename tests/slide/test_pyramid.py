@@ -70,3 +70,15 @@ def test_real_jpeg_pyramid_matches_level0(cmu_mosaic, mpp):
     )
     off = np.abs(got - shifted.astype(int))
     assert off.mean() >= 4.5 or np.percentile(off, 99) >= 40
+
+
+def test_anisotropic_pixels(tmp_path, synthetic_image):
+    from wsi_stnuc.slide.write import write_pyramidal_tiff
+
+    img = synthetic_image[:800, :1000]
+    path = write_pyramidal_tiff(tmp_path / "aniso.tif", img, (0.5, 0.25), compression="zlib")
+    with open_slide(path) as slide:
+        assert slide.mpp == (0.5, 0.25)
+        got = slide.read_region(10, 20, 50, 40, mpp=1.0)  # 2 px wide, 4 px tall per output px
+    ref = resample_region(img, (10.0, 20.0), (2.0, 4.0), (40, 50))
+    np.testing.assert_array_equal(got, ref)

@@ -188,3 +188,52 @@ def test_striped_and_gray_tiffs_use_zarr_view(tmp_path, synthetic_image):
     with open_slide(gray, mpp=0.5) as slide:
         out = slide.read_level(0, 100, 50, 64, 64)
         np.testing.assert_array_equal(out, np.repeat(img[50:114, 100:164, 1:2], 3, axis=2))
+
+
+def test_ome_zarr_v3_layout_and_bare_array(tmp_path, synthetic_image):
+    import zarr
+
+    img = synthetic_image[:200, :300]
+    path = tmp_path / "v3.ome.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array("s0", data=np.ascontiguousarray(img), chunks=(64, 64, 3))
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "axes": [
+                    {"name": "y", "type": "space", "unit": "nanometer"},
+                    {"name": "x", "type": "space", "unit": "nanometer"},
+                    {"name": "c", "type": "channel"},
+                ],
+                "datasets": [
+                    {
+                        "path": "s0",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [400.0, 250.0, 1.0]}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    with open_slide(path) as slide:
+        assert slide.dimensions == (300, 200) and slide.mpp == pytest.approx((0.25, 0.4))
+        np.testing.assert_array_equal(slide.read_level(0, 5, 6, 70, 80), img[6:86, 5:75])
+    bare = tmp_path / "bare.zarr"
+    zarr.create_array(str(bare), data=np.ascontiguousarray(img), chunks=(64, 64, 3))
+    with open_slide(bare, mpp=0.5) as slide:
+        np.testing.assert_array_equal(slide.read_region(0, 0, 300, 200), img)
+
+
+@pytest.mark.parametrize("reader_cls", [TifffileReader, OpenSlideReader])
+def test_one_reader_shared_by_threads(jpeg_pyramid, reader_cls):
+    from concurrent.futures import ThreadPoolExecutor
+
+    origins = [(x, y) for x in range(0, 2000, 350) for y in range(0, 1500, 350)]
+    with reader_cls(jpeg_pyramid) as slide:
+        serial = [slide.read_region(x, y, 300, 300, mpp=0.3) for x, y in origins]
+        with ThreadPoolExecutor(4) as pool:
+            threaded = list(pool.map(lambda o: slide.read_region(*o, 300, 300, mpp=0.3), origins))
+    for a, b in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)
