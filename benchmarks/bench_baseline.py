@@ -57,12 +57,12 @@ def main() -> None:
         "MoNuSeg train tiles (1000 px, 40x)": load_monuseg(root / "monuseg_train"),
     }
     print("classical baseline (H deconvolution, Otsu, distance watershed), detection radius 3 µm")
-    print(f"{'dataset':<36}{'n':>5}" + "".join(f"{k:>8}" for k in (*PER_IMAGE, "f1d", "s/Mpx")))
+    print(f"{'dataset':<36}{'n':>5}" + "".join(f"{k:>9}" for k in (*PER_IMAGE, "f1d", "s/Mpx")))
     for label, images in sets.items():
         r = score(images)
         print(
             f"{label:<36}{r['n_images']:>5}"
-            + "".join(f"{r[k]:>8.3f}" for k in (*PER_IMAGE, "f1d", "s_per_mpx"))
+            + "".join(f"{r[k]:>9.3f}" for k in (*PER_IMAGE, "f1d", "s_per_mpx"))
         )
 
 

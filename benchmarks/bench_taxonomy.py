@@ -59,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--per-source", type=int, default=8, help="CoNSeP patches per source image")
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--crop-size", type=int, default=32, help="crop side, px at 0.5 µm/px")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--min-f1", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=0)
@@ -92,7 +93,7 @@ def main() -> None:
     truth = truth[truth["cell_type"].isin(list(TRUE_GROUPS))].reset_index(drop=True)
 
     t0 = time.perf_counter()
-    crops = extract_crops(bundle.slide, labelset_centroids(truth), mpp=0.5, size=32)
+    crops = extract_crops(bundle.slide, labelset_centroids(truth), mpp=0.5, size=args.crop_size)
     t_crops = time.perf_counter() - t0
     groups = np.unique(truth[TRUTH_SOURCE].astype(str), return_inverse=True)[1]
 
@@ -104,7 +105,7 @@ def main() -> None:
     t_cv = time.perf_counter() - t0
     print(f"paired bundle: {len(chosen)} CoNSeP patches from {len(by_source)} source images, "
           f"{len(truth)} typed nuclei ({t_bundle:.0f} s)")  # fmt: skip
-    print(f"crops: {len(crops)} x 32 px at 0.5 µm/px in {t_crops:.1f} s "
+    print(f"crops: {len(crops)} x {args.crop_size} px at 0.5 µm/px in {t_crops:.1f} s "
           f"({len(crops) / max(t_crops, 1e-9):.0f} crops/s)")  # fmt: skip
     print(f"crop CNN, {args.folds}-fold CV by source image: {t_cv:.0f} s")
     report(cv.confusion, cv.f1, args.min_f1, work)

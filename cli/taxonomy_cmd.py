@@ -47,11 +47,14 @@ def _pairs(inputs: tuple[Path, ...]) -> list[tuple[Path, Path]]:
               help="Types with fewer cells go to unknown.")  # fmt: skip
 @click.option("--unknown-f1", type=float, default=0.3, show_default=True,
               help="Classes still below this F1 after merging go to unknown.")  # fmt: skip
+@click.option("--checkpoint", type=_EXISTING, default=None,
+              help="Classify with a trained segmentation model's encoder features "
+                   "(logistic regression) instead of the crop CNN.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--slide-mpp", type=float, default=None,
               help="Override the slides' level-0 µm/px (for files without it).")  # fmt: skip
 def taxonomy_cmd(inputs, out, min_f1, n_classes, mpp, figure, crop_size, block_um, min_confidence,
-                 folds, epochs, min_support, unknown_f1, seed, slide_mpp) -> None:  # fmt: skip
+                 folds, epochs, min_support, unknown_f1, checkpoint, seed, slide_mpp) -> None:  # fmt: skip
     """Learn image-oriented classes: INPUTS are LABELS.parquet SLIDE pairs.
 
     A crop CNN is cross-validated by spatial blocks on the LabelSets' fine cell types; the
@@ -77,6 +80,7 @@ def taxonomy_cmd(inputs, out, min_f1, n_classes, mpp, figure, crop_size, block_u
             n_splits=folds,
             epochs=epochs,
             seed=seed,
+            checkpoint=checkpoint,
             progress=True,
         )
     finally:

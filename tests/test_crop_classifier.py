@@ -4,6 +4,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+import torch
 
 from wsi_stnuc.crop_classifier import (
     cross_validate_crops,
@@ -87,3 +88,30 @@ def test_image_confusion_reads_crops_from_labelsets():
     )
     assert res.confusion.to_numpy().sum() == 120
     assert res.confusion_normalised.loc["small", "small"] > 0.8
+
+
+def test_encoder_features_of_a_checkpoint_feed_the_same_cv(tmp_path):
+    from wsi_stnuc.classes import ClassTable
+    from wsi_stnuc.crop_classifier import cross_validate_features, encoder_features
+    from wsi_stnuc.model.checkpoint import save_checkpoint
+    from wsi_stnuc.model.net import NucleiNet
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(
+        tmp_path / "model.pt",
+        NucleiNet(2, width=8),
+        classes=ClassTable.from_names(["a", "b"]),
+        mpp=0.5,
+    )
+    rng = np.random.default_rng(3)
+    crops, types = _synthetic_cells(150, rng)
+    features = encoder_features(ckpt, crops)
+    assert features.shape[0] == 150 and features.shape[1] > 8
+    blocks = spatial_block_ids(rng.uniform(0, 3000, (150, 2)), 500)
+    res = cross_validate_features(features, types, blocks, n_splits=3)
+    assert res.confusion.to_numpy().sum() == 150
+    # even random encoder weights see dot size; the two identical types stay confused
+    assert res.confusion_normalised.loc["small", "small"] > 0.8
+    assert res.f1["small"] > max(res.f1["big_a"], res.f1["big_b"])
+    with pytest.raises(InputError, match="stride"):
+        encoder_features(ckpt, crops[:, :15, :15])

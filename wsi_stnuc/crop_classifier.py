@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,15 +234,7 @@ def cross_validate_crops(
 ) -> CVResult:
     """Spatial-block cross-validation of the crop CNN; every cell is predicted exactly once,
     by a model that saw none of its block."""
-    cell_types = np.asarray(cell_types).astype(str)
-    if not (len(crops) == len(cell_types) == len(block_ids)):
-        raise InputError(
-            None,
-            f"crops ({len(crops)}), types ({len(cell_types)}), blocks ({len(block_ids)}) differ in length",
-        )
-    types, y = np.unique(cell_types, return_inverse=True)
-    if len(types) < 2:
-        raise InputError(None, f"need at least two fine types to compare, got {list(types)}")
+    types, y = _encode_types(crops, cell_types, block_ids)
     folds = spatial_folds(block_ids, n_splits)
     proba = np.zeros((len(y), len(types)), np.float32)
     fold_of = np.full(len(y), -1, np.int64)
@@ -263,6 +256,27 @@ def cross_validate_crops(
             )
             proba[test] = predict_crops(model, crops[test], device=device)
             fold_of[test] = f
+    return _cv_result(types, y, proba, fold_of)
+
+
+def _encode_types(samples, cell_types, block_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted type names and integer labels; checks the inputs line up."""
+    cell_types = np.asarray(cell_types).astype(str)
+    if not (len(samples) == len(cell_types) == len(block_ids)):
+        raise InputError(
+            None,
+            f"samples ({len(samples)}), types ({len(cell_types)}) and blocks ({len(block_ids)}) "
+            "differ in length",
+        )
+    types, y = np.unique(cell_types, return_inverse=True)
+    if len(types) < 2:
+        raise InputError(None, f"need at least two fine types to compare, got {list(types)}")
+    return types, y
+
+
+def _cv_result(
+    types: np.ndarray, y: np.ndarray, proba: np.ndarray, fold_of: np.ndarray
+) -> CVResult:
     pred = proba.argmax(axis=1)
     counts = np.zeros((len(types), len(types)), np.int64)
     np.add.at(counts, (y, pred), 1)
@@ -276,6 +290,59 @@ def cross_validate_crops(
         predicted=types[pred],
         proba=proba,
     )
+
+
+@torch.no_grad()
+def encoder_features(
+    checkpoint: str | Path, crops: np.ndarray, *, batch_size: int = 256, device: str = "cpu"
+) -> np.ndarray:
+    """``N x F`` features of crops from a trained segmentation checkpoint's encoder.
+
+    The global average of each of the three deepest encoder levels, concatenated: the deep
+    levels carry nucleus texture and context, the pooled shallower one the nucleus' own stain.
+    Crops must be at the checkpoint's mpp (``meta["mpp"]``), side a multiple of its stride.
+    """
+    from wsi_stnuc.model.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint, device=device)
+    if crops.shape[1] % model.stride or crops.shape[2] % model.stride:
+        raise InputError(
+            checkpoint, f"crop side {crops.shape[1]} is not a multiple of the stride {model.stride}"
+        )
+    out = []
+    for start in range(0, len(crops), batch_size):
+        feats = model.encoder(_to_tensor(crops[start : start + batch_size]).to(device))
+        out.append(torch.cat([f.mean(dim=(2, 3)) for f in feats[-3:]], dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def cross_validate_features(
+    features: np.ndarray,
+    cell_types: np.ndarray,
+    block_ids: np.ndarray,
+    *,
+    n_splits: int = 5,
+    seed: int = 0,
+) -> CVResult:
+    """Spatial-block CV of a class-balanced logistic regression on fixed features
+    (e.g. :func:`encoder_features`)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    types, y = _encode_types(features, cell_types, block_ids)
+    proba = np.zeros((len(y), len(types)), np.float32)
+    fold_of = np.full(len(y), -1, np.int64)
+    for f, (train, test) in enumerate(spatial_folds(block_ids, n_splits)):
+        clf = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed),
+        )
+        clf.fit(features[train], y[train])
+        # classes absent from a training fold get no column: place the others by label
+        proba[np.ix_(test, clf.classes_)] = clf.predict_proba(features[test])
+        fold_of[test] = f
+    return _cv_result(types, y, proba, fold_of)
 
 
 def labelset_centroids(labels) -> np.ndarray:
@@ -299,15 +366,23 @@ def image_confusion(
     seed: int = 0,
     device: str = "cpu",
     threads: int | None = 1,
+    checkpoint: str | Path | None = None,
     progress: bool = False,
 ) -> CVResult:
     """Crops of every labelled cell of every ``(labelset GeoDataFrame, slide)`` pair, then
     spatial-block CV by fine ``cell_type``. ``block_um``: block side in µm. Cells without a
     type, with zero weight or with typing ``confidence`` below ``min_confidence`` are left out
-    (their type says little about what the image shows)."""
+    (their type says little about what the image shows). With ``checkpoint`` (a trained
+    segmentation model) the classifier is a logistic regression on its encoder features
+    instead of the crop CNN; crops are then read at the checkpoint's mpp."""
     from wsi_stnuc.crops import extract_crops, open_reader
     from wsi_stnuc.formats import LabelCols
 
+    if checkpoint is not None:
+        from wsi_stnuc.model.checkpoint import read_checkpoint
+
+        mpp = float(read_checkpoint(checkpoint)["mpp"])
+        log.info("encoder features of %s: crops read at its %.3f µm/px", checkpoint, mpp)
     all_crops, all_types, all_blocks = [], [], []
     offset = 0
     for s, (labels, slide) in enumerate(pairs):
@@ -336,10 +411,15 @@ def image_confusion(
             spatial_block_ids(centroids, block_px, slide_index=np.full(len(sub), s)) + offset
         )
         offset = int(all_blocks[-1].max()) + 1 if len(sub) else offset
+    crops, types, blocks = (np.concatenate(v) for v in (all_crops, all_types, all_blocks))
+    if checkpoint is not None:
+        with torch_threads(threads):
+            features = encoder_features(checkpoint, crops, device=device)
+        return cross_validate_features(features, types, blocks, n_splits=n_splits, seed=seed)
     return cross_validate_crops(
-        np.concatenate(all_crops),
-        np.concatenate(all_types),
-        np.concatenate(all_blocks),
+        crops,
+        types,
+        blocks,
         n_splits=n_splits,
         epochs=epochs,
         max_per_class=max_per_class,
