@@ -78,6 +78,17 @@ def test_geojson_feature_collection_and_plain_list(tmp_path):
     assert len(load_instances(plain)) == 3
 
 
+def test_qupath_cells_use_the_nucleus(tmp_path):
+    cells = _gdf()
+    cells["nucleus"] = gpd.GeoSeries(cells.geometry.scale(0.5, 0.5))
+    cells = cells.set_geometry(cells.geometry.buffer(3))
+    path = tmp_path / "cells.geojson"
+    write_qupath_geojson(cells, path, nucleus_geometry_column="nucleus")
+    got = load_instances(path)
+    # boxes of 6 x 6 (6 x 7 for the third) halved: 9, 9, 10.5 px^2
+    assert got.polygons.area.tolist() == pytest.approx([9.0, 9.0, 10.5])
+
+
 def test_label_images(tmp_path):
     import tifffile
     from PIL import Image

@@ -198,9 +198,8 @@ def _load_geojson(path: Path, class_column: str | None) -> Instances:
     if "nucleus_geometry" in gdf.columns:
         # QuPath cells: evaluate the nucleus, not the cell outline.
         nuc = gpd.GeoSeries(gdf["nucleus_geometry"], index=gdf.index)
-        gdf = gdf.set_geometry(nuc.where(nuc.notna(), gdf.geometry)).drop(
-            columns="nucleus_geometry"
-        )
+        nuc = nuc.where(nuc.notna() & ~nuc.is_empty, gdf.geometry)
+        gdf = gdf.drop(columns="nucleus_geometry").set_geometry(nuc.rename(gdf.geometry.name))
     if QuPath.OBJECT_TYPE in gdf.columns:
         gdf = gdf[gdf[QuPath.OBJECT_TYPE] != QuPath.ANNOTATION]  # regions, not nuclei
     gdf = _check_polygons(path, gdf.reset_index(drop=True))

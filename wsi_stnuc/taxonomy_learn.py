@@ -8,7 +8,8 @@ tell apart:
 1. types with fewer than ``min_support`` cells go to ``unknown`` (too few to judge);
 2. repeatedly take the pair of classes with the highest symmetric confusion
    ``R_ij + R_ji`` (``R`` = row-normalised counts) and merge them (counts add up), until every
-   class reaches ``min_f1`` (F1 from the merged counts) or ``n_classes`` remain;
+   class reaches ``min_f1`` (F1 from the merged counts) or ``n_classes`` remain (never fewer
+   than ``min_classes``);
 3. a class whose own cells are torn between two classes which are themselves distinct (more
    of its cells read as those two than as itself, the second at least ``ambiguity_ratio``
    times the first, and the two confused with each other less than that) is one the image
