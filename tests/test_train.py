@@ -89,3 +89,12 @@ def test_tiny_training_run_and_resume(tiny_dataset, tmp_path, monkeypatch):
     assert list(resumed["epoch"]) == [1, 2, 3]
     np.testing.assert_allclose(resumed["train_total"], log["train_total"], rtol=1e-5)
     np.testing.assert_allclose(resumed["val_loss"], log["val_loss"], rtol=1e-5)
+
+
+def test_device_dependent_defaults_are_resolved_into_the_checkpoint(tiny_dataset, tmp_path):
+    cfg = TrainConfig(epochs=1, depth=2, device="cpu", threads=1)
+    assert cfg.width is None and cfg.batch_size is None
+    best = train_model(tiny_dataset, tmp_path / "d", cfg, progress=False)
+    _, meta = load_checkpoint(best, device="cpu")
+    assert meta["arch"]["width"] == 8
+    assert meta["train_config"]["batch_size"] == 4

@@ -34,8 +34,9 @@ LOG = "log.csv"
 class TrainConfig:
     """Training options (stored in every checkpoint).
 
-    The defaults (width 16, depth 4) are sized to learn a useful 3-class model from 0.5 µm/px
-    tiles in a few minutes on 2 CPU cores; on a GPU raise ``width`` and ``batch_size``.
+    ``width`` and ``batch_size`` default by device: 8 and 4 on CPU (measured: the fastest to a
+    useful 3-class model from 0.5 µm/px tiles in 2 minutes on 2 loaded cores; width 16 was no
+    better in the same time), 32 and 16 on CUDA. The resolved values go into the checkpoint.
     ``amp``: ``"auto"`` (on for CUDA), True or False. ``steps_per_epoch`` caps an epoch
     (None: one pass over the training split). ``val_every``: validate every so many epochs
     (None: about every 50 steps, and always after the last epoch); ``patience`` counts
@@ -43,10 +44,10 @@ class TrainConfig:
     """
 
     epochs: int = 30
-    batch_size: int = 8
+    batch_size: int | None = None
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    width: int = 16
+    width: int | None = None
     depth: int = 4
     encoder: str = "unet"
     pretrained_path: str | None = None
@@ -205,6 +206,12 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
 
     _seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    cuda = device.type == "cuda"
+    cfg = dataclasses.replace(
+        cfg,
+        width=cfg.width or (32 if cuda else 8),
+        batch_size=cfg.batch_size or (16 if cuda else 4),
+    )
     use_amp = device.type == "cuda" if cfg.amp == "auto" else bool(cfg.amp)
     use_amp = use_amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

@@ -12,7 +12,8 @@ need a dense cells x genes matrix.
 * ``panel``: a type's score is the mean scaled expression of its positive markers minus half
   the mean of its negative markers, then (``smooth_k``, default 30) averaged over the cell's
   nearest neighbours in expression PCA space, because single Xenium cells of ~60-100 counts
-  carry too few marker counts on their own; ``confidence`` is the margin best - second on a
+  carry too few marker counts on their own (skipped, with a warning, above 50,000 cells: the
+  exact neighbour search would take minutes); ``confidence`` is the margin best - second on a
   data-relative scale (see ``_margin_confidence``). Cells whose best score is below
   ``min_score`` are ``unassigned``.
 * ``cluster``: PCA, then Leiden on a kNN graph when ``leidenalg`` and ``igraph`` import, else
@@ -46,6 +47,7 @@ TARGET_SUM = 1e4
 CLIP = 10.0
 NEGATIVE_WEIGHT = 0.5
 CHUNK = 100_000
+SMOOTH_MAX_CELLS = 50_000  # above this the panel is scored per cell (see type_by_panel)
 
 Method = Literal["panel", "cluster", "transfer"]
 
@@ -155,7 +157,16 @@ def type_by_panel(
     """Marker-panel typing; see the module docstring. ``smooth_k > 1`` averages each cell's
     type scores over its ``smooth_k`` nearest cells in expression PCA space first."""
     scores = panel_scores(adata, panel)
-    if smooth_k > 1 and adata.n_obs > smooth_k:
+    if smooth_k > 1 and adata.n_obs > SMOOTH_MAX_CELLS:
+        # An exact kNN search in 20-D costs minutes beyond ~10^5 cells (the kd-tree degrades
+        # to brute force); rather than stall, type per cell and say so.
+        log.warning(
+            "%d cells: kNN smoothing of panel scores skipped (limit %d); typing per cell. "
+            "Consider --method transfer with a reference.",
+            adata.n_obs,
+            SMOOTH_MAX_CELLS,
+        )
+    elif smooth_k > 1 and adata.n_obs > smooth_k:
         pcs = embed(adata, n_comps, seed=seed)
         smoothed = smooth_over_neighbours(scores.to_numpy(np.float64), pcs, smooth_k)
         scores = pd.DataFrame(smoothed, index=scores.index, columns=scores.columns)
