@@ -266,7 +266,9 @@ def build_patch_dataset(
     labels' bounding box (pixels outside it get weight 0: unlabelled there is not background);
     only tiles that contain labelled nuclei (and touch ``tissue``, a level-0 shapely geometry,
     when given) are kept. Train/val split: :func:`split_blocks` on ``block_um`` blocks (halved
-    until there are at least two blocks) with a ``guard_um`` band (above a nucleus diameter). ``slide_mpp`` overrides the slide's own µm/px.
+    until there are at least two blocks) with a ``guard_um`` band (above a nucleus diameter).
+    ``slide_mpp`` overrides the slide's own µm/px. Cells dropped from the LabelSet become
+    background here: keep doubtful cells as ``unknown`` with a low weight instead.
     """
     import zarr
     from tqdm import tqdm

@@ -66,7 +66,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, report: Repo
     from wsi_stnuc.infer import infer_slide
     from wsi_stnuc.metrics import evaluate_polygons
     from wsi_stnuc.slide.registry import open_slide
-    from wsi_stnuc.st.align import read_alignment_csv
+    from wsi_stnuc.st.align import microns_to_slide_matrix, read_alignment_csv
     from wsi_stnuc.st.labels import build_labelset, write_labelset
     from wsi_stnuc.st.xenium import read_xenium
     from wsi_stnuc.synth.bundle import make_synthetic_bundle
@@ -96,7 +96,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, report: Repo
     t0 = time.perf_counter()
     taxonomy = load_taxonomy()
     st = read_xenium(bundle.xenium_dir)
-    matrix = read_alignment_csv(bundle.alignment_csv)
+    matrix = microns_to_slide_matrix(read_alignment_csv(bundle.alignment_csv), st.pixel_size)
     with open_slide(bundle.slide) as slide:
         labels, label_report = build_labelset(st, slide, matrix, taxonomy, panel=bundle.panel)
     paths["labels"] = write_labelset(labels, out / "labels.parquet", taxonomy.classes)
