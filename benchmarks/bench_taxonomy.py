@@ -1,6 +1,6 @@
 """Does taxonomy learning recover the classes the image can actually tell apart?
 
-    python benchmarks/bench_taxonomy.py [--per-source 8] [--epochs 12] [--out DIR]
+    python benchmarks/bench_taxonomy.py [--per-source 8] [--epochs 24] [--out DIR]
     python benchmarks/bench_taxonomy.py --confusion DIR/taxonomy_confusion_before.csv
 
 Builds a paired bundle (``wsi_stnuc.synth.paired.make_paired_bundle``) from real CoNSeP-train
@@ -58,7 +58,7 @@ def partition_ari(mapping: dict[str, str], types: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--per-source", type=int, default=8, help="CoNSeP patches per source image")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--crop-size", type=int, default=32, help="crop side, px at 0.5 µm/px")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--min-f1", type=float, default=0.7)

@@ -129,14 +129,14 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, report: Repo
     report("[5/7] whole-slide inference with ownership stitching -> GeoParquet + QuPath GeoJSON")
     t0 = time.perf_counter()
     result = infer_slide(checkpoint, bundle.slide, out / "inference", device=config.device)
-    paths.update(nuclei=result.geoparquet, nuclei_qupath=result.geojson)
+    paths.update(nuclei=Path(result.parquet), nuclei_qupath=Path(result.geojson))
     step("infer", t0)
 
     report("[6/7] scoring the held-out strip against the generator's truth")
     t0 = time.perf_counter()
     truth = gpd.read_parquet(bundle.truth)
     truth = truth.assign(class_name=truth["image_class"])
-    pred = gpd.read_parquet(result.geoparquet)
+    pred = gpd.read_parquet(result.parquet)
     trained = evaluate_polygons(_in_region(truth, split_x, config.width),
                                 _in_region(pred, split_x, config.width),
                                 mpp=config.mpp, class_column="class_name")
@@ -176,7 +176,7 @@ def _untrained_scores(checkpoint: Path, slide_path: Path, out: Path, truth: gpd.
                     arch=meta["arch"], train_config={}, metrics={})
     result = infer_slide(untrained_path, slide_path, out / "inference_untrained",
                          device=config.device, qupath=False)
-    pred = gpd.read_parquet(result.geoparquet)
+    pred = gpd.read_parquet(result.parquet)
     return evaluate_polygons(_in_region(truth, split_x, config.width),
                              _in_region(pred, split_x, config.width),
                              mpp=config.mpp, class_column="class_name")
@@ -187,7 +187,7 @@ def format_metrics(metrics: dict) -> list[str]:
     rows = []
     for name, m in metrics.items():
         row = {"model": name, "PQ": m.get("pq"), "DQ": m.get("dq"), "SQ": m.get("sq"),
-               "F1d": m.get("f1d")}
+               "AJI": m.get("aji"), "F1d": m.get("f1d"), "mPQ": m.get("mpq")}
         for cls, value in (m.get("f1c") or {}).items():
             row[f"F1c {cls}"] = value
         rows.append(row)
