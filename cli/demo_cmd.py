@@ -8,11 +8,27 @@ import click
 
 
 @click.command("demo")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("demo_out"), show_default=True, help="Folder for everything the demo writes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic bundle and training.")
-@click.option("--minutes", type=float, default=None,
-              help="Training time budget in minutes (default: the demo's own, ~2).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo_out"),
+    show_default=True,
+    help="Folder for everything the demo writes.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the synthetic bundle and training.",
+)
+@click.option(
+    "--minutes",
+    type=float,
+    default=None,
+    help="Training time budget in minutes (default: the demo's own, ~2).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def demo(out_dir: Path, seed: int, minutes: float | None, device: str) -> None:
     """Generate a synthetic H&E slide + Xenium bundle, build labels from expression, train the

@@ -26,8 +26,11 @@ def test_class_table_rejects_unknown_and_duplicates():
 
 def test_taxonomy_yaml_round_trip(tmp_path):
     table = ClassTable.from_names(["lymphoid", "spindle"])
-    tax = Taxonomy(table, {"T": "lymphoid", "B": "lymphoid", "Fibroblast": "spindle",
-                           "Mast": UNKNOWN}, notes={"merges": [["T", "B"]]})
+    tax = Taxonomy(
+        table,
+        {"T": "lymphoid", "B": "lymphoid", "Fibroblast": "spindle", "Mast": UNKNOWN},
+        notes={"merges": [["T", "B"]]},
+    )
     path = tmp_path / "tax.yaml"
     tax.to_yaml(path)
     back = Taxonomy.from_yaml(path)
@@ -35,7 +38,11 @@ def test_taxonomy_yaml_round_trip(tmp_path):
     assert back.mapping == tax.mapping
     assert back.notes == tax.notes
     assert back.map_types(["T", "Fibroblast", "Mast", "never-seen"]) == [
-        "lymphoid", "spindle", UNKNOWN, UNKNOWN]
+        "lymphoid",
+        "spindle",
+        UNKNOWN,
+        UNKNOWN,
+    ]
 
 
 def test_taxonomy_rejects_classes_missing_from_table():
@@ -53,6 +60,15 @@ def test_invalid_taxonomy_file_names_the_file(tmp_path):
 def test_default_taxonomy_maps_the_breast_types():
     tax = load_taxonomy()
     assert tax.classes.names == ("epithelial", "inflammatory", "connective")
-    expert = ["T", "Macrophage", "Malignant", "Fibroblast", "Epithelial", "Endothelial",
-              "Myeloid", "B", "Plasma"]
+    expert = [
+        "T",
+        "Macrophage",
+        "Malignant",
+        "Fibroblast",
+        "Epithelial",
+        "Endothelial",
+        "Myeloid",
+        "B",
+        "Plasma",
+    ]
     assert UNKNOWN not in tax.map_types(expert)

@@ -31,8 +31,16 @@ DEFAULT_COLORS: dict[str, tuple[int, int, int]] = {
     UNKNOWN: (160, 160, 160),
 }
 _PALETTE = [
-    (228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0),
-    (166, 86, 40), (247, 129, 191), (23, 190, 207), (188, 189, 34), (100, 100, 100),
+    (228, 26, 28),
+    (55, 126, 184),
+    (77, 175, 74),
+    (152, 78, 163),
+    (255, 127, 0),
+    (166, 86, 40),
+    (247, 129, 191),
+    (23, 190, 207),
+    (188, 189, 34),
+    (100, 100, 100),
 ]
 
 
@@ -87,7 +95,7 @@ class ClassTable:
         return DEFAULT_COLORS[UNKNOWN]
 
     def to_dict(self) -> list[dict]:
-        return [{"name": n, "color": list(c)} for n, c in zip(self.names, self.colors)]
+        return [{"name": n, "color": list(c)} for n, c in zip(self.names, self.colors, strict=True)]
 
     @classmethod
     def from_dict(cls, items: list[Mapping]) -> ClassTable:
@@ -106,9 +114,13 @@ class Taxonomy:
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bad = {t: c for t, c in self.mapping.items() if c != UNKNOWN and c not in self.classes.names}
+        bad = {
+            t: c for t, c in self.mapping.items() if c != UNKNOWN and c not in self.classes.names
+        }
         if bad:
-            raise ValueError(f"Taxonomy maps types to classes that are not in its class table: {bad}")
+            raise ValueError(
+                f"Taxonomy maps types to classes that are not in its class table: {bad}"
+            )
 
     def image_class(self, cell_type: str) -> str:
         return self.mapping.get(cell_type, UNKNOWN)

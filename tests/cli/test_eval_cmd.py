@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 from click.testing import CliRunner
+
 from wsi_stnuc_cli.main import cli
 
 

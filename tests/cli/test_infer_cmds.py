@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from wsi_stnuc_cli import main as cli_main
 
 from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.export.geoparquet import read_geoparquet_metadata
 from wsi_stnuc.model.checkpoint import save_checkpoint
 from wsi_stnuc.model.net import NucleiNet
+from wsi_stnuc_cli import main as cli_main
 
 
 def _helpers():

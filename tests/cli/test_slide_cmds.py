@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
+
 from wsi_stnuc_cli.main import cli
 
 

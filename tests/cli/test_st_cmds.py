@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import shapely
 from click.testing import CliRunner
 from scipy import ndimage as ndi
+
 from wsi_stnuc_cli.main import cli
 
 GENES = {

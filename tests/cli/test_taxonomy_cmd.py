@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import shapely
 from click.testing import CliRunner
-from wsi_stnuc_cli import main as cli_main
 
 from wsi_stnuc.classes import ClassTable, Taxonomy
+from wsi_stnuc_cli import main as cli_main
 
 
 @pytest.fixture

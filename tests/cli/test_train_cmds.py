@@ -7,10 +7,10 @@ import numpy as np
 import shapely
 from click.testing import CliRunner
 from skimage.draw import disk
-from wsi_stnuc_cli.main import cli
 
 from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.slide.write import write_pyramidal_tiff
+from wsi_stnuc_cli.main import cli
 
 CLASSES = ClassTable.from_names(["epithelial", "inflammatory"])
 
