@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from wsi_stnuc.stain import hed_to_rgb, rgb_to_hed
 from wsi_stnuc.targets import hv_maps
 
 
@@ -87,19 +88,12 @@ def rescale(sample: dict, factor: float) -> dict:
     return out
 
 
-# Ruifrok & Johnston H&E-DAB stain vectors (as in skimage.color.rgb2hed), rows = stains.
-_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_HED /= np.linalg.norm(_HED, axis=1, keepdims=True)
-_HED_INV = np.linalg.inv(_HED)
-
-
 def hed_jitter(image: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Scale (``alpha``, 3) and shift (``beta``, 3) the H, E, D stain concentrations."""
-    od = -np.log(np.maximum(image.astype(np.float32), 1.0) / 255.0)
-    conc = od.reshape(-1, 3) @ _HED_INV.astype(np.float32)
-    conc = conc * alpha.astype(np.float32) + beta.astype(np.float32)
-    rgb = 255.0 * np.exp(-(conc @ _HED.astype(np.float32)))
-    return np.clip(rgb, 0, 255).reshape(image.shape).round().astype(np.uint8)
+    """Scale (``alpha``, 3) and shift (``beta``, 3; natural-log OD units) the H, E, D stain
+    concentrations of a Ruifrok-Johnston deconvolution (:mod:`wsi_stnuc.stain`, log10 OD)."""
+    conc = rgb_to_hed(image)
+    conc = conc * alpha.astype(np.float32) + (beta / np.log(10.0)).astype(np.float32)
+    return hed_to_rgb(conc)
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:

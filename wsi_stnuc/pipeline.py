@@ -36,7 +36,7 @@ class DemoConfig:
     mpp: float = 0.5
     holdout_fraction: float = 0.34  # right-hand strip of the slide, never seen in training
     epochs: int = 40
-    max_train_minutes: float = 2.0
+    max_train_minutes: float = 2.5
     patch: int = 256
     device: str = "auto"
 

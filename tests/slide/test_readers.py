@@ -237,3 +237,18 @@ def test_one_reader_shared_by_threads(jpeg_pyramid, reader_cls):
             threaded = list(pool.map(lambda o: slide.read_region(*o, 300, 300, mpp=0.3), origins))
     for a, b in zip(serial, threaded, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.realdata
+@pytest.mark.tia
+def test_tia_reader_on_real_aperio_matches_openslide(cmu_slide):
+    pytest.importorskip("tiatoolbox")
+    from wsi_stnuc.slide.tia_reader import TiaReader
+
+    with TiaReader(cmu_slide) as tia, OpenSlideReader(cmu_slide) as osr:
+        assert tia.dimensions == (2220, 2967)
+        assert tia.mpp == pytest.approx((0.499, 0.499))
+        assert_same_jpeg(tia.read_region(300, 500, 256, 192), osr.read_region(300, 500, 256, 192))
+        half = tia.read_region(300, 500, 128, 96, mpp=0.998)
+        assert half.shape == (96, 128, 3)
+        assert_same_jpeg(half, osr.read_region(300, 500, 128, 96, mpp=0.998))

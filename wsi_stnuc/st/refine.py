@@ -26,6 +26,7 @@ from scipy.spatial import cKDTree
 
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.st.align import apply_affine, check_affine, fit_affine
+from wsi_stnuc.stain import hematoxylin_od
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,17 @@ def detect_nuclei(
 ) -> np.ndarray:
     """Nucleus centres (``N x 2``, x/y in the array's pixels) on an H&E RGB array.
 
-    Hematoxylin optical density (``skimage.color.rgb2hed``), smoothed at about a nucleus radius,
+    Hematoxylin optical density (:func:`wsi_stnuc.stain.hematoxylin_od`), smoothed at about a nucleus radius,
     thresholded (Otsu unless given) and split into local maxima of the smoothed density at
     least ``min_diameter_um`` apart: the classical blob detector, fast and stain-robust enough
     for registration (it need not find every nucleus, only a consistent subset).
     """
-    from skimage.color import rgb2hed
     from skimage.feature import peak_local_max
     from skimage.filters import threshold_otsu
 
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"detect_nuclei: need an H x W x 3 image, got {rgb.shape}")
-    hema = rgb2hed(rgb[..., :3])[..., 0].astype(np.float32)
+    hema = hematoxylin_od(rgb[..., :3])
     radius_px = max(min_diameter_um / 2.0 / mpp, 1.0)
     smooth = ndi.gaussian_filter(hema, sigma=radius_px / 1.5)
     if threshold is None:
