@@ -27,7 +27,7 @@ import click
     "--minutes",
     type=float,
     default=None,
-    help="Training time budget in minutes (default: the demo's own, ~2).",
+    help="Cap on training time in minutes (default 3.5; training normally ends sooner).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def demo(out_dir: Path, seed: int, minutes: float | None, device: str) -> None:

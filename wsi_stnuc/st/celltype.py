@@ -48,6 +48,12 @@ CLIP = 10.0
 NEGATIVE_WEIGHT = 0.5
 CHUNK = 100_000
 SMOOTH_MAX_CELLS = 50_000  # above this the panel is scored per cell (see type_by_panel)
+SELF_TRAIN_MAX_CELLS = 50_000  # self-training rounds run on at most this many random cells
+SEED_FRACTION = 0.2  # top share (by margin) of each type's calls used as training seeds
+SELF_TRAIN_ROUNDS = 5
+SELF_TRAIN_C = 0.1  # L2 strength of the logistic regression (strong: seeds are noisy)
+MIN_SEEDS = 10
+MAX_SEEDS_PER_TYPE = 2_000  # random cap, so the classifier's fit stays bounded at any scale
 
 Method = Literal["panel", "cluster", "transfer"]
 
@@ -57,15 +63,28 @@ def _csr(x) -> sp.csr_matrix:
     return sp.csr_matrix(x, dtype=np.float32) if not sp.isspmatrix_csr(x) else x
 
 
-def log_normalize(x, target_sum: float = TARGET_SUM) -> sp.csr_matrix:
-    """CP10k + log1p of a cells x genes count matrix (sparse in, sparse out)."""
+def log_normalize(x, target_sum: float | None = TARGET_SUM) -> sp.csr_matrix:
+    """Library-size scaling + log1p of a cells x genes count matrix (sparse in, sparse out).
+
+    ``target_sum`` 10,000 is CP10k; ``None`` scales to the median library size (scanpy's
+    ``normalize_total`` default), which keeps one count in a 60-count cell near 1 instead of
+    ~5 and so does not let single stray transcripts dominate sparse panels.
+    """
     x = _csr(x).astype(np.float32)
     totals = np.asarray(x.sum(axis=1)).ravel()
+    if target_sum is None:
+        target_sum = median_total(totals)
     scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
     out = sp.diags(scale.astype(np.float32)) @ x
     out = sp.csr_matrix(out)
     out.data = np.log1p(out.data)
     return out
+
+
+def median_total(totals: np.ndarray) -> float:
+    """Median library size over cells with counts (1 when none has any)."""
+    pos = totals[totals > 0]
+    return float(np.median(pos)) if len(pos) else 1.0
 
 
 def gene_stats(xn: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -129,14 +148,21 @@ def _prepared_panel(panel: Panel | str, genes: pd.Index) -> Panel:
     return p
 
 
-def panel_scores(adata: ad.AnnData, panel: Panel | str, *, chunk: int = CHUNK) -> pd.DataFrame:
-    """Cells x types panel scores (mean scaled marker expression, negatives subtracted)."""
+def panel_scores(
+    adata: ad.AnnData,
+    panel: Panel | str,
+    *,
+    target_sum: float | None = None,
+    chunk: int = CHUNK,
+) -> pd.DataFrame:
+    """Cells x types panel scores (mean scaled marker expression, negatives subtracted);
+    ``target_sum`` as in :func:`log_normalize` (default: median library size)."""
     genes = pd.Index(adata.var_names.astype(str))
     p = _prepared_panel(panel, genes)
     used = sorted(p.genes & set(genes))
     idx = genes.get_indexer(used)
     # Library size over all genes, then keep the panel genes only: cheaper, same numbers.
-    xn = log_normalize(adata.X)[:, idx]
+    xn = log_normalize(adata.X, target_sum)[:, idx]
     mean, sd = gene_stats(xn)
     w, types = _panel_weights(p, pd.Index(used))
     out = np.empty((adata.n_obs, len(types)), np.float32)
@@ -151,18 +177,22 @@ def type_by_panel(
     *,
     min_score: float = 0.0,
     smooth_k: int = 30,
+    refine: bool = True,
     n_comps: int = 20,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Marker-panel typing; see the module docstring. ``smooth_k > 1`` averages each cell's
-    type scores over its ``smooth_k`` nearest cells in expression PCA space first."""
+    type scores over its ``smooth_k`` nearest cells in expression PCA space; ``refine``
+    propagates the confident calls to all cells (:func:`self_train`)."""
     scores = panel_scores(adata, panel)
+    if refine:
+        return _from_scores(self_train(adata, scores, smooth_k=smooth_k, seed=seed), min_score)
     if smooth_k > 1 and adata.n_obs > SMOOTH_MAX_CELLS:
         # An exact kNN search in 20-D costs minutes beyond ~10^5 cells (the kd-tree degrades
         # to brute force); rather than stall, type per cell and say so.
         log.warning(
             "%d cells: kNN smoothing of panel scores skipped (limit %d); typing per cell. "
-            "Consider --method transfer with a reference.",
+            "Consider refine=True or --method transfer with a reference.",
             adata.n_obs,
             SMOOTH_MAX_CELLS,
         )
@@ -171,6 +201,94 @@ def type_by_panel(
         smoothed = smooth_over_neighbours(scores.to_numpy(np.float64), pcs, smooth_k)
         scores = pd.DataFrame(smoothed, index=scores.index, columns=scores.columns)
     return _from_scores(scores, min_score)
+
+
+# --------------------------------------------------------------------------- self-training
+def _seed_mask(
+    scores: np.ndarray, fraction: float, min_seeds: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Confident cells per type: those called ``t`` (arg-max) with a positive score whose margin
+    over the runner-up is in the top ``fraction`` of the cells called ``t``; types with fewer
+    than ``min_seeds`` such cells get none (too few to learn from: likely absent); at most
+    ``MAX_SEEDS_PER_TYPE`` per type (a random draw)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    n, n_types = scores.shape
+    best = np.argmax(scores, axis=1)
+    top = scores[np.arange(n), best]
+    second = np.partition(scores, -2, axis=1)[:, -2] if n_types > 1 else np.zeros(n)
+    margin = top - second
+    seeds = np.zeros(n, bool)
+    for j in range(n_types):  # a loop over types, not cells
+        called = (best == j) & (top > 0)
+        if called.sum() < min_seeds:
+            continue
+        cut = np.quantile(margin[called], 1.0 - fraction)
+        pick = np.flatnonzero(called & (margin >= cut))
+        if len(pick) > MAX_SEEDS_PER_TYPE:
+            pick = rng.choice(pick, MAX_SEEDS_PER_TYPE, replace=False)
+        if len(pick) >= min_seeds:
+            seeds[pick] = True
+    return seeds
+
+
+def self_train(
+    adata: ad.AnnData,
+    scores: pd.DataFrame,
+    *,
+    smooth_k: int = 30,
+    seed_fraction: float = SEED_FRACTION,
+    rounds: int = SELF_TRAIN_ROUNDS,
+    min_seeds: int = MIN_SEEDS,
+    max_cells: int = SELF_TRAIN_MAX_CELLS,
+    n_comps: int = 20,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Semi-supervised refinement of per-cell type scores; returns cells x types probabilities.
+
+    Marker scores of single cells are noisy (a few marker counts, transcripts spilled over from
+    neighbours), but the most clearly called cells of each type are mostly right. Those seeds
+    (:func:`_seed_mask`) train a multinomial logistic regression on *all* genes (median-scaled
+    ``log1p``, z-scored), which then re-calls every cell; ``rounds`` times, each round's
+    confident calls becoming the next seeds (self-training, as in scType/CellAssign-style
+    workflows). A cell's type thus rests on its whole profile, not on a few markers that
+    spill-over can fake. ``smooth_k > 1``: seeds are chosen on scores averaged over each cell's
+    nearest neighbours in PCA space.
+
+    Scale rule: rounds run on at most ``max_cells`` random cells (the kNN search included);
+    the final model is applied to all cells in row chunks, so a million cells cost one pass.
+    Types that never get ``min_seeds`` seeds cannot be called (probability 0).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    values = scores.to_numpy(np.float64)
+    n, n_types = values.shape
+    xn = log_normalize(adata.X, None)
+    mean, sd = gene_stats(xn)
+    rng = np.random.default_rng(seed)
+    sub = np.sort(rng.permutation(n)[:max_cells]) if n > max_cells else np.arange(n)
+    z = next(scaled_chunks(xn[sub], mean, sd, chunk=len(sub)))[1]
+    current = values[sub]
+    if smooth_k > 1 and len(sub) > smooth_k:
+        n_pc = max(1, min(n_comps, z.shape[1] - 1, z.shape[0] - 1))
+        pcs = PCA(n_components=n_pc, svd_solver="randomized", random_state=seed).fit_transform(z)
+        current = smooth_over_neighbours(current, pcs, smooth_k)
+    clf = None
+    for _ in range(rounds):
+        seeds = _seed_mask(current, seed_fraction, min_seeds, rng)
+        labels = np.argmax(current[seeds], axis=1)
+        if len(np.unique(labels)) < 2:
+            break  # nothing to discriminate: keep what we have
+        clf = LogisticRegression(C=SELF_TRAIN_C, max_iter=300).fit(z[seeds], labels)
+        current = np.zeros((len(sub), n_types))
+        current[:, clf.classes_] = clf.predict_proba(z)
+    if clf is None:
+        log.warning("self-training found fewer than 2 types with %d seeds; scores kept", min_seeds)
+        return scores
+    out = np.zeros((n, n_types))
+    for rows, zc in scaled_chunks(xn, mean, sd):
+        out[rows, clf.classes_] = clf.predict_proba(zc)
+    return pd.DataFrame(out, index=scores.index, columns=scores.columns)
 
 
 def _from_scores(scores: pd.DataFrame, min_score: float) -> pd.DataFrame:
@@ -266,18 +384,29 @@ def type_by_clusters(
     *,
     clusters: np.ndarray | None = None,
     min_score: float = 0.0,
+    refine: bool = True,
+    seed: int = 0,
     **cluster_options,
 ) -> pd.DataFrame:
-    """Cluster, then name each cluster by the panel scores of its mean cell."""
-    labels = cluster_cells(adata, **cluster_options) if clusters is None else np.asarray(clusters)
+    """Cluster, name each cluster by the panel scores of its mean cell, then (``refine``)
+    use the most clearly named clusters as seeds of :func:`self_train` so that cells are
+    re-called one by one (a cluster mixing types, e.g. by spill-over, is split again)."""
+    if clusters is None:
+        labels = cluster_cells(adata, seed=seed, **cluster_options)
+    else:
+        labels = np.asarray(clusters)
     scores = panel_scores(adata, panel)
     codes, uniq = pd.factorize(labels)
     counts = np.bincount(codes).astype(np.float64)
     sums = np.zeros((len(uniq), scores.shape[1]))
     np.add.at(sums, codes, scores.to_numpy(np.float64))
-    per_cluster = pd.DataFrame(sums / counts[:, None], columns=scores.columns)
-    named = _from_scores(per_cluster, min_score)
-    out = named.iloc[codes].set_index(scores.index)
+    per_cluster = sums / counts[:, None]
+    if refine:
+        cell_level = pd.DataFrame(per_cluster[codes], index=scores.index, columns=scores.columns)
+        out = _from_scores(self_train(adata, cell_level, smooth_k=0, seed=seed), min_score)
+    else:
+        named = _from_scores(pd.DataFrame(per_cluster, columns=scores.columns), min_score)
+        out = named.iloc[codes].set_index(scores.index)
     out["cluster"] = np.asarray(uniq)[codes]
     return out
 
@@ -345,13 +474,15 @@ def type_cells(
     reference_key: str = "cell_type",
     min_score: float = 0.0,
     smooth_k: int = 30,
+    refine: bool = True,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Type cells by ``method`` (``panel``, ``cluster`` or ``transfer``).
 
     ``panel`` (path or shipped name, default ``human_breast``) is used by ``panel`` and
     ``cluster``; ``reference`` (with ``obs[reference_key]``) by ``transfer``; ``smooth_k``
-    (panel only) pools scores over expression neighbours, 0 to switch off.
+    (panel only) pools scores over expression neighbours, 0 to switch off; ``refine``
+    (panel, cluster) re-calls every cell with a classifier trained on the confident calls.
     """
     if adata.n_obs == 0:
         raise InputError(None, "no cells to type")
@@ -361,9 +492,11 @@ def type_cells(
         return type_by_transfer(adata, reference, reference_key=reference_key, seed=seed)
     panel = panel if panel is not None else "human_breast"
     if method == "panel":
-        return type_by_panel(adata, panel, min_score=min_score, smooth_k=smooth_k, seed=seed)
+        return type_by_panel(
+            adata, panel, min_score=min_score, smooth_k=smooth_k, refine=refine, seed=seed
+        )
     if method == "cluster":
-        return type_by_clusters(adata, panel, min_score=min_score, seed=seed)
+        return type_by_clusters(adata, panel, min_score=min_score, refine=refine, seed=seed)
     raise InputError(None, f"unknown typing method {method!r} (panel, cluster, transfer)")
 
 
