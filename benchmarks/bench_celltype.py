@@ -5,7 +5,8 @@ Data: ``expression/xenium_breast_cells.csv.gz`` from the shared data folder (3,3
 image classes with the default taxonomy; the figure is the macro-F1 over those classes (all
 cells, ``unknown`` counted as wrong), plus coverage and macro-F1 of the cells kept at
 ``--min-confidence``. Label transfer uses a random half as reference and scores the other
-half (three splits; mean shown).
+half (three splits; mean shown). The "no refinement" rows switch self-training off
+(``refine=False``) to show what it adds.
 
     python benchmarks/bench_celltype.py [--min-confidence 0.2]
 """
@@ -63,9 +64,12 @@ def main() -> None:
     tax = load_taxonomy()
     rows = []
     runs = [
-        ("panel (human_breast, kNN-smoothed)", dict(method="panel")),
-        ("panel (human_breast, per cell)", dict(method="panel", smooth_k=0)),
-        ("cluster (k-means fallback) + vote", dict(method="cluster")),
+        ("panel, kNN-smoothed seeds + self-training", dict(method="panel")),
+        ("panel, per-cell seeds + self-training", dict(method="panel", smooth_k=0)),
+        ("cluster (k-means fallback) + vote + self-training", dict(method="cluster")),
+        ("panel, kNN-smoothed, no refinement", dict(method="panel", refine=False)),
+        ("panel, per cell, no refinement", dict(method="panel", smooth_k=0, refine=False)),
+        ("cluster + vote, no refinement", dict(method="cluster", refine=False)),
     ]
     for name, kw in runs:
         t0 = time.perf_counter()

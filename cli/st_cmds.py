@@ -86,7 +86,14 @@ def _read_h5ad(path: Path):
     help="Output CSV: cell_id, cell_type, image_class, confidence.",
 )
 @_apply(typing_options)
-def celltype(adata, out, panel, reference, reference_key, method, taxonomy, min_confidence):
+@click.option(
+    "--no-self-train",
+    is_flag=True,
+    help="Panel/cluster: keep the raw marker calls (no classifier trained on confident cells).",
+)
+def celltype(
+    adata, out, panel, reference, reference_key, method, taxonomy, min_confidence, no_self_train
+):
     """Type the cells of ADATA (.h5ad, or a Xenium output folder) from their expression."""
     from wsi_stnuc.classes import load_taxonomy
     from wsi_stnuc.io_utils import atomic_path
@@ -101,7 +108,14 @@ def celltype(adata, out, panel, reference, reference_key, method, taxonomy, min_
         data = _read_h5ad(adata)
     ref = _read_h5ad(reference) if reference is not None else None
     tax = load_taxonomy(taxonomy)
-    types = type_cells(data, how, panel=panel, reference=ref, reference_key=reference_key)
+    types = type_cells(
+        data,
+        how,
+        panel=panel,
+        reference=ref,
+        reference_key=reference_key,
+        refine=not no_self_train,
+    )
     types["image_class"] = image_classes(types, tax, min_confidence=min_confidence)
     table = types[["cell_type", "image_class", "confidence"]].rename_axis("cell_id")
     with atomic_path(out) as tmp:

@@ -170,6 +170,12 @@ def test_celltype_csv(bundle_dir, tmp_path):
     df = pd.read_csv(out)
     assert list(df.columns) == ["cell_id", "cell_type", "image_class", "confidence"]
     assert (df["cell_type"] == df["cell_id"].map(bundle_dir["truth"])).mean() > 0.9
+    raw = tmp_path / "raw.csv"
+    args = ["celltype", str(bundle_dir["xenium"]), "--panel", str(r / "panel.yaml")]
+    res = CliRunner().invoke(cli, [*args, "--no-self-train", "--out", str(raw)])
+    assert res.exit_code == 0, res.output
+    raw_df = pd.read_csv(raw)
+    assert (raw_df["cell_type"] == raw_df["cell_id"].map(bundle_dir["truth"])).mean() > 0.9
     # label transfer from an .h5ad reference, typed data from an .h5ad too
     from wsi_stnuc.st.xenium import read_xenium
 

@@ -3,23 +3,31 @@ transfer from a labelled reference. Each returns a DataFrame indexed by ``cell_i
 ``cell_type`` (str), ``score`` (method-specific strength of the call) and ``confidence``
 (0..1: how much the best type beats the second one).
 
-Normalisation (all methods): counts scaled to 10,000 per cell and ``log1p`` (CP10k; cells with
-no counts stay 0), then each gene centred and divided by its standard deviation, clipped to
-``[-10, 10]`` (as scanpy's ``scale(max_value=10)``), so that a marker panel weighs a rare,
-specific gene as much as an abundant one. Work is done in row chunks, so a million cells never
-need a dense cells x genes matrix.
+Normalisation: counts scaled per cell and ``log1p`` (cells with no counts stay 0), then each
+gene centred and divided by its standard deviation, clipped to ``[-10, 10]`` (as scanpy's
+``scale(max_value=10)``), so that a marker panel weighs a rare, specific gene as much as an
+abundant one. ``panel`` and ``cluster`` scale to the median library size (scanpy's
+``normalize_total`` default): with CP10k one stray count in a 60-count Xenium cell becomes
+``log1p(167)`` ~ 5, as large as genuine expression. Work is done in row chunks, so a million
+cells never need a dense cells x genes matrix.
 
 * ``panel``: a type's score is the mean scaled expression of its positive markers minus half
-  the mean of its negative markers, then (``smooth_k``, default 30) averaged over the cell's
-  nearest neighbours in expression PCA space, because single Xenium cells of ~60-100 counts
-  carry too few marker counts on their own (skipped, with a warning, above 50,000 cells: the
-  exact neighbour search would take minutes); ``confidence`` is the margin best - second on a
-  data-relative scale (see ``_margin_confidence``). Cells whose best score is below
-  ``min_score`` are ``unassigned``.
+  the mean of its negative markers. Single Xenium cells of ~60-100 counts carry few marker
+  counts, and transcripts spill over from neighbours (in real breast data LUM/POSTN are
+  detected in ~45% of T cells), so per-cell scores are noisy. With ``refine`` (default) the
+  scores only pick *seeds* -- the clearest calls of each type, on scores averaged over each
+  cell's ``smooth_k`` nearest neighbours in PCA space -- and a logistic regression on all
+  genes, trained on the seeds and re-trained on its own confident calls for a few rounds,
+  types every cell (:func:`self_train`; Garnett/scType-style self-training). Without
+  ``refine``, the (smoothed) scores are the answer; the exact neighbour search is then
+  skipped, with a warning, above 50,000 cells. ``confidence`` is the margin best - second on a
+  data-relative scale (see ``_margin_confidence``). Cells whose best score (the classifier's
+  probability with ``refine``) is below ``min_score`` are ``unassigned``.
 * ``cluster``: PCA, then Leiden on a kNN graph when ``leidenalg`` and ``igraph`` import, else
   (documented fallback) k-means with ``n_clusters`` (mini-batch beyond 50,000 cells); each
-  cluster is named by the panel scores of its mean profile, and its cells inherit the
-  cluster's score and margin confidence (relative over clusters).
+  cluster is named by the panel scores of its mean profile. With ``refine`` (default) the most
+  clearly named clusters seed the same self-training, so that every cell is re-called on its
+  own profile; without it, cells inherit the cluster's score and margin confidence.
 * ``transfer``: shared genes only; reference and query normalised alike (scaling statistics of
   the reference); PCA fitted on the reference; the query's ``k`` nearest reference cells vote;
   ``score`` = vote share of the winner, ``confidence`` = its lead over the runner-up.
@@ -48,12 +56,12 @@ CLIP = 10.0
 NEGATIVE_WEIGHT = 0.5
 CHUNK = 100_000
 SMOOTH_MAX_CELLS = 50_000  # above this the panel is scored per cell (see type_by_panel)
-SELF_TRAIN_MAX_CELLS = 50_000  # self-training rounds run on at most this many random cells
+SELF_TRAIN_MAX_CELLS = 20_000  # self-training rounds run on at most this many random cells
 SEED_FRACTION = 0.2  # top share (by margin) of each type's calls used as training seeds
 SELF_TRAIN_ROUNDS = 5
 SELF_TRAIN_C = 0.1  # L2 strength of the logistic regression (strong: seeds are noisy)
 MIN_SEEDS = 10
-MAX_SEEDS_PER_TYPE = 2_000  # random cap, so the classifier's fit stays bounded at any scale
+MAX_SEEDS_PER_TYPE = 500  # random cap, so the classifier's fit stays bounded at any scale
 
 Method = Literal["panel", "cluster", "transfer"]
 
@@ -157,16 +165,22 @@ def panel_scores(
 ) -> pd.DataFrame:
     """Cells x types panel scores (mean scaled marker expression, negatives subtracted);
     ``target_sum`` as in :func:`log_normalize` (default: median library size)."""
+    # Library size over all genes, then keep the panel genes only (in _scores_from).
+    return _scores_from(log_normalize(adata.X, target_sum), adata, panel, chunk)
+
+
+def _scores_from(
+    xn: sp.csr_matrix, adata: ad.AnnData, panel: Panel | str, chunk: int = CHUNK
+) -> pd.DataFrame:
+    """Panel scores from the log-normalised matrix ``xn`` of ``adata`` (all genes)."""
     genes = pd.Index(adata.var_names.astype(str))
     p = _prepared_panel(panel, genes)
     used = sorted(p.genes & set(genes))
-    idx = genes.get_indexer(used)
-    # Library size over all genes, then keep the panel genes only: cheaper, same numbers.
-    xn = log_normalize(adata.X, target_sum)[:, idx]
-    mean, sd = gene_stats(xn)
+    sub = sp.csr_matrix(xn[:, genes.get_indexer(used)])
+    mean, sd = gene_stats(sub)
     w, types = _panel_weights(p, pd.Index(used))
     out = np.empty((adata.n_obs, len(types)), np.float32)
-    for rows, z in scaled_chunks(sp.csr_matrix(xn), mean, sd, chunk):
+    for rows, z in scaled_chunks(sub, mean, sd, chunk):
         out[rows] = z @ w
     return pd.DataFrame(out, index=adata.obs_names.astype(str), columns=types)
 
@@ -184,9 +198,11 @@ def type_by_panel(
     """Marker-panel typing; see the module docstring. ``smooth_k > 1`` averages each cell's
     type scores over its ``smooth_k`` nearest cells in expression PCA space; ``refine``
     propagates the confident calls to all cells (:func:`self_train`)."""
-    scores = panel_scores(adata, panel)
+    xn = log_normalize(adata.X, None)
+    scores = _scores_from(xn, adata, panel)
     if refine:
-        return _from_scores(self_train(adata, scores, smooth_k=smooth_k, seed=seed), min_score)
+        probs = _self_train(xn, scores, smooth_k=smooth_k, seed=seed)
+        return _from_scores(probs, min_score)
     if smooth_k > 1 and adata.n_obs > SMOOTH_MAX_CELLS:
         # An exact kNN search in 20-D costs minutes beyond ~10^5 cells (the kd-tree degrades
         # to brute force); rather than stall, type per cell and say so.
@@ -243,14 +259,15 @@ def self_train(
     n_comps: int = 20,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Semi-supervised refinement of per-cell type scores; returns cells x types probabilities.
+    """Semi-supervised refinement of per-cell type scores; returns cells x types probabilities
+    (the input scores, with a warning, when fewer than two types get seeds).
 
     Marker scores of single cells are noisy (a few marker counts, transcripts spilled over from
     neighbours), but the most clearly called cells of each type are mostly right. Those seeds
     (:func:`_seed_mask`) train a multinomial logistic regression on *all* genes (median-scaled
     ``log1p``, z-scored), which then re-calls every cell; ``rounds`` times, each round's
-    confident calls becoming the next seeds (self-training, as in scType/CellAssign-style
-    workflows). A cell's type thus rests on its whole profile, not on a few markers that
+    confident calls becoming the next seeds (self-training; Garnett likewise trains a
+    regularised multinomial classifier on marker-chosen representative cells). A cell's type thus rests on its whole profile, not on a few markers that
     spill-over can fake. ``smooth_k > 1``: seeds are chosen on scores averaged over each cell's
     nearest neighbours in PCA space.
 
@@ -258,12 +275,37 @@ def self_train(
     the final model is applied to all cells in row chunks, so a million cells cost one pass.
     Types that never get ``min_seeds`` seeds cannot be called (probability 0).
     """
+    return _self_train(
+        log_normalize(adata.X, None),
+        scores,
+        smooth_k=smooth_k,
+        seed_fraction=seed_fraction,
+        rounds=rounds,
+        min_seeds=min_seeds,
+        max_cells=max_cells,
+        n_comps=n_comps,
+        seed=seed,
+    )
+
+
+def _self_train(
+    xn: sp.csr_matrix,
+    scores: pd.DataFrame,
+    *,
+    smooth_k: int = 30,
+    seed_fraction: float = SEED_FRACTION,
+    rounds: int = SELF_TRAIN_ROUNDS,
+    min_seeds: int = MIN_SEEDS,
+    max_cells: int = SELF_TRAIN_MAX_CELLS,
+    n_comps: int = 20,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """:func:`self_train` on the median-scaled log matrix ``xn`` (all genes)."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
     values = scores.to_numpy(np.float64)
     n, n_types = values.shape
-    xn = log_normalize(adata.X, None)
     mean, sd = gene_stats(xn)
     rng = np.random.default_rng(seed)
     sub = np.sort(rng.permutation(n)[:max_cells]) if n > max_cells else np.arange(n)
@@ -395,7 +437,8 @@ def type_by_clusters(
         labels = cluster_cells(adata, seed=seed, **cluster_options)
     else:
         labels = np.asarray(clusters)
-    scores = panel_scores(adata, panel)
+    xn = log_normalize(adata.X, None)
+    scores = _scores_from(xn, adata, panel)
     codes, uniq = pd.factorize(labels)
     counts = np.bincount(codes).astype(np.float64)
     sums = np.zeros((len(uniq), scores.shape[1]))
@@ -403,7 +446,7 @@ def type_by_clusters(
     per_cluster = sums / counts[:, None]
     if refine:
         cell_level = pd.DataFrame(per_cluster[codes], index=scores.index, columns=scores.columns)
-        out = _from_scores(self_train(adata, cell_level, smooth_k=0, seed=seed), min_score)
+        out = _from_scores(_self_train(xn, cell_level, smooth_k=0, seed=seed), min_score)
     else:
         named = _from_scores(pd.DataFrame(per_cluster, columns=scores.columns), min_score)
         out = named.iloc[codes].set_index(scores.index)
