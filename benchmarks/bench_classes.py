@@ -6,12 +6,13 @@ The same CoNSeP split by source image and the same paired ST bundle as ``bench_a
 (realistic ST noise, real ST chain with kNN label transfer from the other half of the real
 cells): the fine Xenium types of each nucleus were drawn within its CoNSeP class, so the
 image-distinguishable partition is known (inflammatory {T, B, Plasma, Macrophage, Myeloid},
-epithelial {Malignant, Epithelial}, spindle {Fibroblast, Endothelial}). Three networks, same
-wall budget, same LabelSet geometry:
+epithelial {Malignant, Epithelial}, spindle {Fibroblast, Endothelial}). Networks with the same
+wall budget and LabelSet geometry (``--variants``, default all four):
 
 (a) learned image-oriented classes: ``image_confusion`` (crop CNN, spatial-block CV) on the
     ST-typed LabelSet, then ``learn_taxonomy`` (``--n-classes``); ``unknown`` below typing
     confidence 0.2, class-loss weight = confidence (the defaults);
+(a') ``t``: the true partition (= the default taxonomy on these 9 types), for reference;
 (b) the raw fine types (9 classes, same abstention), predictions collapsed to the 3 coarse
     classes by the default taxonomy for scoring;
 (c) the learned classes with no abstention: every cell forced into its best type's class
