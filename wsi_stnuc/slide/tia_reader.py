@@ -24,6 +24,14 @@ class TiaReader(SlideReader):
         super().__init__(path, mpp)
         from tiatoolbox.wsicore.wsireader import WSIReader
 
+        from wsi_stnuc.slide.registry import TIFF_SUFFIXES
+        from wsi_stnuc.slide.tifffile_reader import TifffileReader
+
+        if self.path.name.lower().endswith(TIFF_SUFFIXES):
+            # tiatoolbox opens a cut-off TIFF and serves blank tiles from it: refuse such a file
+            # with the tifffile backend's integrity check (InputError naming what is cut off).
+            TifffileReader(self.path, mpp=mpp).close()
+
         try:
             self._reader = WSIReader.open(str(self.path))
             self._info = self._reader.info
