@@ -2,8 +2,9 @@
 
 Columns (``wsi_stnuc.formats.LabelCols``): ``cell_id`` (str), ``geometry`` (Polygon, level-0
 px), ``cell_type`` (str), ``image_class`` (class name or ``unknown``), ``confidence`` (0-1)
-and ``weight`` (0-1, the class-loss weight: the typing confidence; segmentation uses every
-polygon whatever its weight). Saved as GeoParquet with the class table and provenance in the
+and ``weight`` (0-1, from the typing confidence). Every polygon is drawn into the training
+targets whatever its weight; ``wsi_stnuc.targets`` turns ``weight`` into the per-pixel loss
+weight inside the nucleus and in a band around its outline (all loss terms). Saved as GeoParquet with the class table and provenance in the
 ``wsi_stnuc`` metadata key: ``{"kind": "labelset", "classes": ClassTable.to_dict(), ...}``.
 """
 
