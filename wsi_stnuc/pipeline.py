@@ -35,7 +35,7 @@ class DemoConfig:
     holdout_fraction: float = 0.34  # right-hand strip of the slide, never seen in training
     # A step budget (epochs of ~8 steps) makes the result the same on fast and slow machines;
     # the time cap only guards against a very slow or busy one.
-    epochs: int = 25
+    epochs: int = 40
     max_train_minutes: float = 3.5
     patch: int = 256
     device: str = "auto"
