@@ -64,7 +64,7 @@ def format_table(result: dict) -> str:
             lines.append(f"  {label:<16}{_fmt(result[key])}")
     for cls, f1c in result.get("f1c", {}).items():
         pq_c = result.get("pq_per_class", {}).get(cls)
-        lines.append(f"  class {str(cls):<10}F1c {_fmt(f1c)}   PQ+ {_fmt(pq_c)}")
+        lines.append(f"  class {str(cls):<14} F1c {_fmt(f1c)}   PQ+ {_fmt(pq_c)}")
     return "\n".join(lines)
 
 
