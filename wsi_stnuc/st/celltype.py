@@ -267,8 +267,8 @@ def self_train(
     (:func:`_seed_mask`) train a multinomial logistic regression on *all* genes (median-scaled
     ``log1p``, z-scored), which then re-calls every cell; ``rounds`` times, each round's
     confident calls becoming the next seeds (self-training; Garnett likewise trains a
-    regularised multinomial classifier on marker-chosen representative cells). A cell's type thus rests on its whole profile, not on a few markers that
-    spill-over can fake. ``smooth_k > 1``: seeds are chosen on scores averaged over each cell's
+    regularised multinomial classifier on marker-chosen representative cells). A cell's type
+    thus rests on its whole profile, not on a few markers that spill-over can fake. ``smooth_k > 1``: seeds are chosen on scores averaged over each cell's
     nearest neighbours in PCA space.
 
     Scale rule: rounds run on at most ``max_cells`` random cells (the kNN search included);
