@@ -91,7 +91,13 @@ class STLabels:
     seconds: dict
 
 
-def st_labels(train: list[AnnotatedImage], expression_csv: Path, work: Path, seed: int) -> STLabels:
+def st_labels(
+    train: list[AnnotatedImage],
+    expression_csv: Path,
+    work: Path,
+    seed: int,
+    compression: str = "jpeg",
+) -> STLabels:
     """Paired bundle of ``train`` with realistic ST noise, through the real ST chain."""
     from wsi_stnuc.slide.registry import open_slide
     from wsi_stnuc.st.align import microns_to_slide_matrix, read_alignment_csv
@@ -105,8 +111,9 @@ def st_labels(train: list[AnnotatedImage], expression_csv: Path, work: Path, see
     t0 = time.perf_counter()
     bundle_csv, reference = split_expression(expression_csv, work, seed)
     bundle = make_paired_bundle(
-        train, bundle_csv, work / "bundle", noise=STNoise.realistic(), seed=seed
-    )
+        train, bundle_csv, work / "bundle", noise=STNoise.realistic(), seed=seed,
+        compression=compression,
+    )  # fmt: skip
     seconds["bundle"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     st = read_xenium(bundle.xenium_dir)
@@ -129,7 +136,7 @@ def with_classes(
 ) -> gpd.GeoDataFrame:
     """A LabelSet variant: image class = taxonomy class of ``cell_type`` (or the fine type
     itself when ``taxonomy`` is None), ``unknown`` below ``min_confidence``; ``unit_weight``
-    sets every weight to 1 (no down-weighting of uncertain cells either)."""
+    sets every outline and class weight to 1 (no down-weighting of uncertain cells either)."""
     types = labels[L.CELL_TYPE].astype(str)
     mapped = types if taxonomy is None else types.map(taxonomy.mapping).fillna(UNKNOWN)
     sure = labels[L.CONFIDENCE].to_numpy() >= min_confidence
@@ -137,6 +144,7 @@ def with_classes(
     out[L.IMAGE_CLASS] = np.where(sure, mapped.to_numpy(object), UNKNOWN)
     if unit_weight:
         out[L.WEIGHT] = np.float32(1.0)
+        out[L.CONFIDENCE] = np.float32(1.0)  # the class-loss weight (Targets.cls_weight)
     return out
 
 
@@ -207,11 +215,59 @@ def manual_dataset(
     return write_patch_dataset(out, records, classes, mpp)
 
 
-def train(dataset: Path, out: Path, minutes: float, threads: int, seed: int) -> Path:
+def add_training_args(ap) -> None:
+    """The training budget and device options shared by the accuracy benchmarks."""
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=4.0,
+        help="training wall budget per model (a cap when --steps is given)",
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps per model: equal work whatever the machine's load",
+    )
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (training and scoring)")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers per training")
+    ap.add_argument(
+        "--val-steps",
+        type=int,
+        default=None,
+        help="validate about every so many steps (default: the trainer's ~50)",
+    )
+    ap.add_argument(
+        "--augment",
+        default="strong",
+        choices=["strong", "light"],
+        help="colour augmentation preset",
+    )
+    ap.add_argument(
+        "--bundle-compression",
+        default="jpeg",
+        choices=["jpeg", "zlib"],
+        help="paired bundle slide codec (zlib: lossless, no JPEG codec needed)",
+    )
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
+def train(dataset: Path, out: Path, args, seed: int) -> Path:
+    """Train with the budget of ``args`` (see :func:`add_training_args`); return best.pt."""
     from wsi_stnuc.train import TrainConfig, train_model
 
-    cfg = TrainConfig(epochs=10_000, max_minutes=minutes, threads=threads, seed=seed,
-                      device="cpu", patience=10_000)  # fmt: skip
+    val_every = None
+    if args.val_steps:
+        import zarr
+
+        root = zarr.open_group(str(dataset), mode="r")
+        n_train = int(root.attrs["n_train"])
+        batch = 16 if args.device.startswith("cuda") else 4
+        val_every = max(1, round(args.val_steps / max(1, -(-n_train // batch))))
+    cfg = TrainConfig(epochs=10_000, max_minutes=args.minutes, max_steps=args.steps,
+                      threads=args.threads, seed=seed, device=args.device, patience=10_000,
+                      num_workers=args.workers, val_every=val_every,
+                      augment_preset=args.augment)  # fmt: skip
     return train_model(dataset, out, cfg, progress=False)
 
 
@@ -229,13 +285,15 @@ class Scores:
     megapixels: float  # native (level-0) megapixels processed
 
 
-def predict_image(model, rgb: np.ndarray, image_mpp: float, model_mpp: float, threads: int):
+def predict_image(
+    model, rgb: np.ndarray, image_mpp: float, model_mpp: float, threads: int, device: str = "cpu"
+):
     """(native-resolution instance map, class id per instance 1..N) of one image."""
     from wsi_stnuc.model.net import predict
     from wsi_stnuc.model.postprocess import heads_to_instances
 
     x = to_model_grid(rgb, image_mpp, model_mpp)
-    heads = predict(model, x[None], device="cpu", num_threads=threads)
+    heads = predict(model, x[None], device=device, num_threads=threads)
     inst, table = heads_to_instances(heads["np"][0], heads["hv"][0], heads["tp"][0])
     cls = table.sort_values("label")["class_id"].to_numpy(np.int64)
     return inst_to_native(inst, rgb.shape[:2], image_mpp, model_mpp), cls
@@ -247,6 +305,7 @@ def score_model(
     *,
     threads: int,
     code_of_class: dict[int, int] | None = None,
+    device: str = "cpu",
 ) -> Scores:
     """Metrics of a checkpoint (None: the classical baseline) on ``images`` at their native
     resolution. ``code_of_class`` maps predicted class ids to the images' class codes
@@ -257,7 +316,7 @@ def score_model(
 
     model = meta = None
     if checkpoint is not None:
-        model, meta = load_checkpoint(checkpoint, device="cpu")
+        model, meta = load_checkpoint(checkpoint, device=device)
     lut = np.zeros(256, np.int64)
     for k, v in (code_of_class or {}).items():
         lut[k] = v
@@ -267,7 +326,7 @@ def score_model(
         if model is None:
             pred, cls = classical_instances(im.rgb, im.mpp), None
         else:
-            pred, cls = predict_image(model, im.rgb, im.mpp, meta["mpp"], threads)
+            pred, cls = predict_image(model, im.rgb, im.mpp, meta["mpp"], threads, device)
         wall += time.perf_counter() - t0
         cpu += time.process_time() - c0
         mpx += im.rgb.shape[0] * im.rgb.shape[1] / 1e6

@@ -1,13 +1,14 @@
 """Image-oriented classes vs fine types vs no abstain class, scored on real held-back H&E.
 
-    python benchmarks/bench_classes.py [--minutes 4] [--mpp 0.5] [--n-classes 3] [--out DIR]
+    python benchmarks/bench_classes.py [--minutes 4 | --steps N] [--mpp 0.5] [--n-classes 3]
+        [--variants a t b c] [--device cpu|cuda] [--workers 0] [--out DIR]
 
 The same CoNSeP split by source image and the same paired ST bundle as ``bench_accuracy.py``
 (realistic ST noise, real ST chain with kNN label transfer from the other half of the real
 cells): the fine Xenium types of each nucleus were drawn within its CoNSeP class, so the
 image-distinguishable partition is known (inflammatory {T, B, Plasma, Macrophage, Myeloid},
 epithelial {Malignant, Epithelial}, spindle {Fibroblast, Endothelial}). Networks with the same
-wall budget and LabelSet geometry (``--variants``, default all four):
+budget (``--steps`` or wall minutes) and LabelSet geometry (``--variants``, default all four):
 
 (a) learned image-oriented classes: ``image_confusion`` (crop CNN, spatial-block CV) on the
     ST-typed LabelSet, then ``learn_taxonomy`` (``--n-classes``); ``unknown`` below typing
@@ -21,7 +22,7 @@ wall budget and LabelSet geometry (``--variants``, default all four):
 Scored on the held-back CoNSeP patches at native resolution: F1c per CoNSeP class
 (HoVer-Net's F_c over detections paired within 3 µm; CoNSeP "other" nuclei count against the
 class they are predicted as), plus PQ and F1d. Each learned class is scored as the CoNSeP class
-of the majority (by cells) of its fine types. Figures from a shared, loaded 2-core machine.
+of the majority (by cells) of its fine types.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from _paired import (
     CONSEP_CODE,
+    add_training_args,
     consep_codes,
     data_paths,
     fmt,
@@ -86,20 +88,20 @@ def learn_classes(labels, slide, args) -> Taxonomy:
     from wsi_stnuc.taxonomy_learn import learn_taxonomy
 
     cv = image_confusion([(labels, slide)], mpp=0.5, size=32, min_confidence=0.2,
-                         epochs=args.crop_epochs, seed=args.seed, threads=args.threads)  # fmt: skip
+                         epochs=args.crop_epochs, seed=args.seed, threads=args.threads,
+                         device=args.device)  # fmt: skip
     return learn_taxonomy(cv.confusion, n_classes=args.n_classes).taxonomy
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=4.0, help="training wall budget per model")
+    add_training_args(ap)
     ap.add_argument("--mpp", type=float, default=0.5)
     ap.add_argument("--n-classes", type=int, default=3, help="learn_taxonomy stopping rule")
     ap.add_argument("--crop-epochs", type=int, default=24, help="crop CNN epochs per CV fold")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                     help="a learned, t true partition, b fine types, c no abstain")  # fmt: skip
     ap.add_argument("--held-fraction", type=float, default=0.25)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -108,7 +110,7 @@ def main() -> None:
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_classes_"))
     work.mkdir(parents=True, exist_ok=True)
     train_ims, held = split_by_source(load_consep(consep_dir), args.held_fraction, args.seed)
-    st = st_labels(train_ims, expression, work / "st", args.seed)
+    st = st_labels(train_ims, expression, work / "st", args.seed, args.bundle_compression)
     labels = st.labels
     print(f"paired bundle: {len(train_ims)} training patches, {len(labels)} ST nuclei labelled; "
           f"{len(held)} held-back patches")  # fmt: skip
@@ -151,8 +153,9 @@ def main() -> None:
         unknown = float((lab[L.IMAGE_CLASS] == UNKNOWN).mean())
         t0 = time.perf_counter()
         ds = st_dataset(st.bundle, lab, classes, args.mpp, patch, work / f"{key}.zarr")
-        ckpt = train(ds, work / f"model_{key}", args.minutes, args.threads, args.seed)
-        scores = score_model(ckpt, held, threads=args.threads, code_of_class=codes)
+        ckpt = train(ds, work / f"model_{key}", args, args.seed)
+        scores = score_model(ckpt, held, threads=args.threads, code_of_class=codes,
+                             device=args.device)  # fmt: skip
         steps = train_steps(ckpt)
         print(f"{name}: {classes.n_classes} classes, {unknown:.0%} unknown, {steps} steps, "
               f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
@@ -161,7 +164,8 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps(results, indent=2, default=float))
 
     print()
-    print(f"Budget {args.minutes:g} min per model at {args.mpp:g} µm/px; held-back CoNSeP "
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    print(f"Budget {budget} per model at {args.mpp:g} µm/px; held-back CoNSeP "
           f"({len(held)} patches).")  # fmt: skip
     print("| model | classes | unknown labels | train steps | PQ | F1d | F1c epi | F1c infl | "
           "F1c spindle | mean F1c |")  # fmt: skip

@@ -3,8 +3,10 @@
     python benchmarks/bench_infer.py [--size 20000] [--rss-sizes 10000 40000]
                                      [--model-mpp 0.5] [--width 16] [--device auto]
 
-Slides are real pixels: the CMU-1-Small-Region H&E slide mirror-tiled to the requested size
-(`wsi_stnuc.slide.mosaic.mosaic_slide`, JPEG pyramid), cached in --workdir. The model is a real
+Slides are real pixels: the CMU-1-Small-Region H&E slide (or ``--source``, any slide or a
+PNG/JPEG tile with ``--source-mpp``) mirror-tiled to the requested size
+(`wsi_stnuc.slide.mosaic.mosaic_slide`, JPEG or ``--compression zlib`` pyramid), cached in
+--workdir. The model is a real
 (untrained, seeded) NucleiNet saved as a checkpoint and run through `checkpoint_segmenter`, so
 the full post-processing, stitching, features and both exports are exercised.
 
@@ -31,13 +33,15 @@ from wsi_stnuc.io_utils import shared_data_dir
 CMU = "slides/CMU-1-Small-Region.svs"
 
 
-def build_slide(workdir: Path, size: int) -> Path:
+def build_slide(workdir: Path, size: int, args) -> Path:
     from wsi_stnuc.slide.mosaic import mosaic_slide
 
-    path = workdir / f"mosaic_{size}.tif"
+    source = args.source or shared_data_dir() / CMU
+    tag = "" if args.source is None else f"{Path(source).stem}_"
+    path = workdir / f"mosaic_{tag}{size}_{args.compression}.tif"
     if not path.exists():
         t = time.perf_counter()
-        mosaic_slide(shared_data_dir() / CMU, path, size)
+        mosaic_slide(source, path, size, mpp=args.source_mpp, compression=args.compression)
         print(f"built {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
     return path
 
@@ -87,7 +91,7 @@ def run_infer(model: Path, slide_path: Path, out: Path, args) -> dict:
     t = time.perf_counter()
     res = infer_slide(
         seg, slide_path, out, core=args.core, halo=args.halo, batch_size=args.batch_size,
-        resume=False, progress=False,
+        resume=False, progress=False, workers=args.workers,
     )  # fmt: skip
     return {"e2e_s": time.perf_counter() - t, "n_nuclei": res.n_nuclei, "n_tiles": res.n_tiles}
 
@@ -103,6 +107,8 @@ def spawn(model: Path, slide: Path, out: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", str(model), "--slide", str(slide),
            "--out", str(out), "--core", str(args.core), "--halo", str(args.halo),
            "--batch-size", str(args.batch_size), "--device", args.device]  # fmt: skip
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -117,7 +123,14 @@ def main() -> None:
     parser.add_argument("--halo", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a trained checkpoint instead of the untrained model")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=None,
+                        help="reader / post-processing threads (default: infer_slide's)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_stnuc_bench"))
+    parser.add_argument("--source", type=Path, default=None, help="slide or PNG/JPEG to tile")
+    parser.add_argument("--source-mpp", type=float, default=None, help="µm/px of --source")
+    parser.add_argument("--compression", default="jpeg", choices=["jpeg", "zlib"])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--slide", help=argparse.SUPPRESS)
@@ -126,21 +139,32 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    if not (shared_data_dir() / CMU).exists():
+    if args.source is None and not (shared_data_dir() / CMU).exists():
         sys.exit(f"needs the real CMU slide at {shared_data_dir() / CMU}")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    model = build_model(args.workdir, args.model_mpp, args.width)
-    print(f"model: untrained NucleiNet width {args.width} at {args.model_mpp} µm/px; "
-          f"core {args.core} + halo {args.halo}, batch {args.batch_size}", flush=True)  # fmt: skip
+    if args.checkpoint:
+        from wsi_stnuc.model.checkpoint import read_checkpoint
+
+        model, meta = args.checkpoint, read_checkpoint(args.checkpoint)
+        args.model_mpp = float(meta["mpp"])
+        kind = f"trained {model.name} (width {meta['arch'].get('width')})"
+    else:
+        model = build_model(args.workdir, args.model_mpp, args.width)
+        kind = f"untrained NucleiNet width {args.width}"
+    print(f"model: {kind} at {args.model_mpp} µm/px; core {args.core} + halo {args.halo}, "
+          f"batch {args.batch_size}", flush=True)  # fmt: skip
 
     from wsi_stnuc.infer import checkpoint_segmenter
 
-    slide = build_slide(args.workdir, args.size)
+    slide = build_slide(args.workdir, args.size, args)
     seg = checkpoint_segmenter(model, args.device, batch_size=args.batch_size)
     fwd = forward_only(seg, slide, args.core, args.halo, args.batch_size)
     e2e = spawn(model, slide, args.workdir / "out_main", args)
     core_mpx = fwd["n_tiles"] * args.core**2 / 1e6
-    level0_mpx = core_mpx * (args.model_mpp / 0.499) ** 2
+    from wsi_stnuc.slide.registry import open_slide
+
+    with open_slide(slide) as opened:
+        level0_mpx = core_mpx * (args.model_mpp / opened.mpp[0]) ** 2
     print(f"{args.size}^2 slide: {fwd['n_tiles']} tissue tiles, {e2e['n_nuclei']:,} nuclei")
     print(f"  forward only    {fwd['forward_s']:8.1f} s")
     print(
@@ -150,7 +174,7 @@ def main() -> None:
           f"{level0_mpx / e2e['e2e_s']:.1f} level-0 Mpx/s")  # fmt: skip
     rss = {}
     for size in args.rss_sizes:
-        path = build_slide(args.workdir, size)
+        path = build_slide(args.workdir, size, args)
         rss[size] = spawn(model, path, args.workdir / f"out_{size}", args)
         print(f"  {size}^2: peak RSS {rss[size]['peak_rss_mb']:7.0f} MB, "
               f"{rss[size]['n_tiles']} tiles, {rss[size]['e2e_s']:.0f} s", flush=True)  # fmt: skip

@@ -198,6 +198,12 @@ def _matrix(bundle, alignment, keypoints, matrix_text):
 @_apply(typing_options)
 @click.option("--no-refine", is_flag=True, help="Skip automatic refinement from H&E nuclei.")
 @click.option(
+    "--h-weight",
+    is_flag=True,
+    help="Weight each polygon by the hematoxylin under it vs around it; polygons off their "
+    "nucleus get a low weight and become unknown.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
@@ -225,6 +231,7 @@ def labels(
     taxonomy,
     min_confidence,
     no_refine,
+    h_weight,
     out,
     qupath,
 ):
@@ -263,6 +270,18 @@ def labels(
             min_confidence=min_confidence,
             refine=not no_refine,
         )
+        if h_weight:
+            from wsi_stnuc.classes import UNKNOWN
+            from wsi_stnuc.formats import LabelCols as L
+            from wsi_stnuc.label_confidence import label_weights
+
+            lw = label_weights(gdf, reader, min_confidence=min_confidence)
+            was_known = gdf[L.IMAGE_CLASS] != UNKNOWN
+            gdf[L.WEIGHT] = lw[L.WEIGHT].to_numpy()
+            gdf[L.IMAGE_CLASS] = lw[L.IMAGE_CLASS].to_numpy()
+            lost = int((was_known & (gdf[L.IMAGE_CLASS] == UNKNOWN)).sum())
+            click.echo(f"H&E support: mean polygon weight {gdf[L.WEIGHT].mean():.2f}; "
+                       f"{lost} polygons off their nucleus -> unknown")  # fmt: skip
     extra = {"source": str(bundle.source), "slide": str(slide), "report": report.to_dict()}
     write_labelset(gdf, out, tax.classes, extra=extra)
     click.echo(str(report))

@@ -59,6 +59,11 @@ def dataset_cmd(slide, labels, out, mpp, patch, stride, taxonomy, block_um, val_
 @click.option("--pretrained", type=_EXISTING, default=None, help="Local encoder weights file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--max-minutes", type=float, default=None, help="Stop training after this long.")
+@click.option("--max-steps", type=int, default=None,
+              help="Stop after this many optimizer steps (overrides --epochs).")  # fmt: skip
+@click.option("--augment", "augment_preset", type=click.Choice(["strong", "light", "none"]),
+              default="strong", show_default=True,
+              help="Colour augmentation (strong: robust to other labs' stains).")  # fmt: skip
 @click.option("--patience", type=int, default=8, show_default=True,
               help="Epochs without validation PQ gain before stopping.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -66,7 +71,8 @@ def dataset_cmd(slide, labels, out, mpp, patch, stride, taxonomy, block_um, val_
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--resume", type=_EXISTING, default=None, help="Continue from a last.pt.")
 def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretrained, device,
-              max_minutes, patience, seed, workers, threads, resume) -> None:  # fmt: skip
+              max_minutes, max_steps, augment_preset, patience, seed, workers, threads,
+              resume) -> None:  # fmt: skip
     """Train the nucleus network on a patch dataset."""
     import pandas as pd
 
@@ -76,7 +82,8 @@ def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretr
         epochs=epochs, batch_size=batch_size, lr=lr, width=width, depth=depth, encoder=encoder,
         pretrained_path=str(pretrained) if pretrained else None, device=device,
         max_minutes=max_minutes, patience=patience, seed=seed, num_workers=workers,
-        threads=threads,
+        threads=threads, max_steps=max_steps, augment=augment_preset != "none",
+        augment_preset="strong" if augment_preset == "none" else augment_preset,
     )  # fmt: skip
     best = train_model(dataset, out, cfg, resume=resume)
     log = pd.read_csv(Path(out) / LOG)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 import torch
@@ -83,9 +84,12 @@ def test_image_confusion_reads_crops_from_labelsets():
         {"cell_type": types, "weight": np.ones(120)},
         geometry=shapely.buffer(shapely.points(centres), 3),
     )
-    res = image_confusion(
-        [(labels, ArrayReader(slide, 0.5))], mpp=0.5, size=16, block_um=40, n_splits=3, epochs=4
-    )
+    # Copy-on-write pandas (the default from pandas 3) hands out read-only arrays.
+    with pd.option_context("mode.copy_on_write", True):
+        res = image_confusion(
+            [(labels, ArrayReader(slide, 0.5))], mpp=0.5, size=16, block_um=40, n_splits=3,
+            epochs=4,
+        )  # fmt: skip
     assert res.confusion.to_numpy().sum() == 120
     assert res.confusion_normalised.loc["small", "small"] > 0.8
 

@@ -103,7 +103,7 @@ def test_write_and_read_patch_dataset(tmp_path):
     inst[18:28, 10:22] = 2
     image = np.full((32, 32, 3), 220, np.uint8)
     image[inst > 0] = (90, 40, 140)
-    t = targets_from_instances(inst, {1: 1, 2: 2})
+    t = targets_from_instances(inst, {1: 1, 2: 2}, class_weight={2: 0.4})
     records = [
         {"image": image, "targets": t, "source": "a", "split": "train"},
         {"image": image, "targets": t, "source": "b", "split": "val"},
@@ -117,6 +117,8 @@ def test_write_and_read_patch_dataset(tmp_path):
     assert item["image"].shape == (3, 32, 32) and item["image"].max() <= 1.0
     assert item["cls"].dtype.is_floating_point is False and int(item["cls"][5, 10]) == 1
     np.testing.assert_allclose(item["hv"].numpy(), t.hv)
+    assert float(item["cls_weight"][20, 15]) == pytest.approx(0.4)
+    assert float(item["cls_weight"][5, 10]) == 1.0
     a, b = train[0], train[0]
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)  # seeded
     train.set_epoch(1)
@@ -124,3 +126,9 @@ def test_write_and_read_patch_dataset(tmp_path):
     assert not all(np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
     with pytest.raises(InputError, match="not found"):
         PatchDataset(tmp_path / "none.zarr")
+    # A dataset written before cls_weight existed reads with the class fully trusted.
+    import shutil
+
+    shutil.rmtree(out / "cls_weight")
+    old = PatchDataset(out, "val", augment=False)[0]
+    assert float(old["cls_weight"].min()) == 1.0 and int(old["cls"][5, 10]) == 1

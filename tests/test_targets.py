@@ -93,3 +93,17 @@ def test_targets_from_instances_and_hv_of_flipped_map():
     flipped = hv_maps(inst[:, ::-1])
     np.testing.assert_allclose(flipped[0], -t.hv[0][:, ::-1], atol=1e-6)
     np.testing.assert_allclose(flipped[1], t.hv[1][:, ::-1], atol=1e-6)
+
+
+def test_confidence_weights_the_class_only():
+    labels = labelset([
+        (shapely.box(2, 2, 14, 14), "epithelial", 1.0),
+        (shapely.box(18, 2, 30, 14), "inflammatory", 1.0),
+    ])  # fmt: skip
+    labels["confidence"] = [0.3, np.nan]  # nan: no typing score -> trusted
+    t = rasterize_targets(labels, 0, 0, 1.0, 1.0, (16, 32), CLASSES)
+    assert t.cls_weight[8, 8] == pytest.approx(0.3) and t.weight[8, 8] == 1.0
+    assert t.cls_weight[8, 24] == 1.0 and t.cls_weight[15, 0] == 1.0
+    assert t.cls_weight.shape == t.inst.shape and t.cls_weight.dtype == np.float32
+    m = targets_from_instances(t.inst, {1: 1, 2: 2}, class_weight={1: 0.25})
+    assert m.cls_weight[8, 8] == 0.25 and m.cls_weight[8, 24] == 1.0 and m.weight[8, 8] == 1.0

@@ -98,3 +98,17 @@ def test_device_dependent_defaults_are_resolved_into_the_checkpoint(tiny_dataset
     _, meta = load_checkpoint(best, device="cpu")
     assert meta["arch"]["width"] == 8
     assert meta["train_config"]["batch_size"] == 4
+
+
+def test_step_budget_stops_mid_epoch_and_spans_the_schedule(tiny_dataset, tmp_path):
+    # 9 training patches at batch 2 = 5 steps per epoch: 7 steps end inside epoch 2.
+    cfg = TrainConfig(epochs=1, max_steps=7, batch_size=2, width=8, depth=2, device="cpu",
+                      threads=1, augment_preset="light")  # fmt: skip
+    train_model(tiny_dataset, tmp_path / "s", cfg, progress=False)
+    log = pd.read_csv(tmp_path / "s" / "log.csv")
+    assert list(log["step"]) == [5, 7]
+    expected = cfg.lr * lr_factor(6 / 7, cfg.warmup_fraction)
+    assert log["lr"].iloc[-1] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        train_model(tiny_dataset, tmp_path / "x", TrainConfig(augment_preset="wild"),
+                    progress=False)  # fmt: skip

@@ -3,7 +3,8 @@
 Layout of ``DS.zarr`` (a zarr group):
 
 * ``images`` N x P x P x 3 uint8; ``inst`` N x P x P int32; ``cls`` N x P x P uint8;
-  ``hv`` N x 2 x P x P float32; ``weight`` N x P x P float32 — chunked one patch per chunk;
+  ``hv`` N x 2 x P x P float32; ``weight`` and ``cls_weight`` N x P x P float32 (trust in
+  the outline / in the class, :class:`~wsi_stnuc.targets.Targets`) — one patch per chunk;
 * provenance arrays of length N: ``source`` (int32 index into ``attrs["sources"]``), ``x0``,
   ``y0`` (float64, level-0 top-left), ``block`` (int32 spatial block id, -1 if none) and
   ``split`` (uint8, 0 train / 1 val);
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "wsi-stnuc-patches/1"
 SPLITS = {"train": 0, "val": 1}
-TARGET_ARRAYS = ("inst", "cls", "hv", "weight")
+TARGET_ARRAYS = ("inst", "cls", "hv", "weight", "cls_weight")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class _PatchWriter:
             "cls": ((n, p, p), "uint8", (1, p, p)),
             "hv": ((n, 2, p, p), "float32", (1, 2, p, p)),
             "weight": ((n, p, p), "float32", (1, p, p)),
+            "cls_weight": ((n, p, p), "float32", (1, p, p)),
         }
         self.arrays = {
             name: root.create_array(name, shape=shape, dtype=dtype, chunks=chunks)
@@ -389,13 +391,14 @@ class PatchDataset:
         self.seed = int(seed)
         self.epoch = 0
         p = int(self.attrs["patch"])
-        nbytes = len(self.indices) * p * p * (3 + 4 + 1 + 8 + 4)
+        # Datasets written before cls_weight existed: the class is as trusted as the outline.
+        self._arrays = ("images", *(n for n in TARGET_ARRAYS if n in root))
+        nbytes = len(self.indices) * p * p * (3 + 4 + 1 + 8 + 4 + 4)
         self._cache = None
         if nbytes <= max_memory_mb * 2**20 and len(self.indices):
             sel = self.indices
             self._cache = {
-                name: root[name].get_orthogonal_selection((sel,))
-                for name in ("images", *TARGET_ARRAYS)
+                name: root[name].get_orthogonal_selection((sel,)) for name in self._arrays
             }
         self._root = None if self._cache is not None else root
 
@@ -411,8 +414,10 @@ class PatchDataset:
             arrays = {name: a[i] for name, a in self._cache.items()}
         else:
             j = int(self.indices[i])
-            arrays = {name: self._root[name][j] for name in ("images", *TARGET_ARRAYS)}
+            arrays = {name: self._root[name][j] for name in self._arrays}
         arrays["image"] = arrays.pop("images")
+        if "cls_weight" not in arrays:
+            arrays["cls_weight"] = np.ones_like(arrays["weight"])
         return arrays
 
     def __getitem__(self, i: int) -> dict:
@@ -429,5 +434,6 @@ class PatchDataset:
             "cls": torch.from_numpy(s["cls"].astype(np.int64)),
             "hv": torch.from_numpy(np.ascontiguousarray(s["hv"], dtype=np.float32)),
             "weight": torch.from_numpy(np.ascontiguousarray(s["weight"], dtype=np.float32)),
+            "cls_weight": torch.from_numpy(np.ascontiguousarray(s["cls_weight"], dtype=np.float32)),
             "inst": torch.from_numpy(np.ascontiguousarray(s["inst"], dtype=np.int32)),
         }

@@ -33,6 +33,10 @@ FEATURE_COLUMNS = (
 
 def polygon_features(polygons: np.ndarray, mpp_x: float, mpp_y: float) -> pd.DataFrame:
     """Area (µm²), perimeter (µm) and solidity of level-0 polygons with ``mpp_x/y`` µm/px."""
+    return pd.DataFrame(_polygon_columns(polygons, mpp_x, mpp_y))
+
+
+def _polygon_columns(polygons: np.ndarray, mpp_x: float, mpp_y: float) -> dict[str, np.ndarray]:
     polygons = np.asarray(polygons, dtype=object)
     # scale to µm first so that anisotropic pixels give true lengths
     um = shapely.transform(polygons, lambda xy: xy * (mpp_x, mpp_y))
@@ -40,17 +44,16 @@ def polygon_features(polygons: np.ndarray, mpp_x: float, mpp_y: float) -> pd.Dat
     hull = shapely.area(shapely.convex_hull(um))
     with np.errstate(invalid="ignore", divide="ignore"):
         solidity = np.where(hull > 0, area / hull, np.nan)
-    return pd.DataFrame(
-        {
-            NucleusCols.AREA_UM2: area,
-            NucleusCols.PERIMETER_UM: shapely.length(um),
-            NucleusCols.SOLIDITY: solidity,
-        }
-    )
+    return {
+        NucleusCols.AREA_UM2: area,
+        NucleusCols.PERIMETER_UM: shapely.length(um),
+        NucleusCols.SOLIDITY: solidity,
+    }
 
 
 def _label_sums(flat: np.ndarray, weights: np.ndarray | None, n: int) -> np.ndarray:
-    return np.bincount(flat, None if weights is None else weights.ravel(), minlength=n)
+    # float even with no pixel at all, where bincount would return integers
+    return np.bincount(flat, weights, minlength=n).astype(np.float64, copy=False)
 
 
 def pixel_features(
@@ -61,15 +64,24 @@ def pixel_features(
     ``inst`` and ``rgb`` are the tile's label image and pixels at model resolution;
     ``px_um_x/y`` the physical size of one model pixel (µm).
     """
+    return pd.DataFrame(_pixel_columns(inst, labels, rgb, px_um_x, px_um_y))
+
+
+def _pixel_columns(
+    inst: np.ndarray, labels: np.ndarray, rgb: np.ndarray, px_um_x: float, px_um_y: float
+) -> dict[str, np.ndarray]:
     inst = np.asarray(inst)
     if rgb.shape[:2] != inst.shape:
         raise ValueError(f"label image {inst.shape} and tile {rgb.shape[:2]} differ in size")
     labels = np.asarray(labels, dtype=np.int64)
-    flat = inst.ravel()
     n = int(max(inst.max(), labels.max(initial=0))) + 1
-    rows, cols = np.indices(inst.shape, dtype=np.float64)
-    x = cols * px_um_x
-    y = rows * px_um_y
+    # Sums over nucleus pixels only (in raster order, as a whole-tile bincount adds them, so
+    # the results are bit-identical): the background is most of a tile.
+    pix = np.flatnonzero(inst)
+    flat = inst.ravel()[pix]
+    rows, cols = np.divmod(pix, inst.shape[1])
+    x = cols.astype(np.float64) * px_um_x
+    y = rows.astype(np.float64) * px_um_y
     m0 = np.maximum(_label_sums(flat, None, n), 1.0)
     mx = _label_sums(flat, x, n) / m0
     my = _label_sums(flat, y, n) / m0
@@ -82,15 +94,14 @@ def pixel_features(
     l1, l2 = half_trace + root, np.maximum(half_trace - root, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / l1, 0.0, 1.0)), 0.0)
-    h = _label_sums(flat, hematoxylin_od(rgb), n) / m0
-    e = _label_sums(flat, eosin_od(rgb), n) / m0
-    return pd.DataFrame(
-        {
-            NucleusCols.ECCENTRICITY: ecc[labels],
-            NucleusCols.MEAN_H_OD: h[labels].astype(np.float32),
-            NucleusCols.MEAN_E_OD: e[labels].astype(np.float32),
-        }
-    )
+    # whole-tile stain maps, then the nucleus pixels: the same per-pixel values as before
+    h = _label_sums(flat, hematoxylin_od(rgb).ravel()[pix], n) / m0
+    e = _label_sums(flat, eosin_od(rgb).ravel()[pix], n) / m0
+    return {
+        NucleusCols.ECCENTRICITY: ecc[labels],
+        NucleusCols.MEAN_H_OD: h[labels].astype(np.float32),
+        NucleusCols.MEAN_E_OD: e[labels].astype(np.float32),
+    }
 
 
 def nucleus_features(
@@ -108,7 +119,6 @@ def nucleus_features(
     the slide's level-0 µm/px and ``scale`` the level-0 px per model px (``sx, sy``).
     """
     mpp_x, mpp_y = slide_mpp
-    poly = polygon_features(polygons, mpp_x, mpp_y)
-    pix = pixel_features(inst, labels, rgb, mpp_x * scale[0], mpp_y * scale[1])
-    out = pd.concat([poly, pix], axis=1)
-    return out[list(FEATURE_COLUMNS)]
+    cols = _polygon_columns(polygons, mpp_x, mpp_y)
+    cols.update(_pixel_columns(inst, labels, rgb, mpp_x * scale[0], mpp_y * scale[1]))
+    return pd.DataFrame({c: cols[c] for c in FEATURE_COLUMNS})

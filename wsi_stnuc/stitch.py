@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import shapely
 from scipy import ndimage as ndi
-from skimage.measure import find_contours
 
 from wsi_stnuc.formats import NucleusCols
 
@@ -47,27 +46,138 @@ def label_centroids(inst: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.stack([cx[labels], cy[labels]], axis=1)
 
 
+# skimage's marching-squares table (_find_contours_cy, fully_connected="low") for a square
+# with corner bits ul=1, ur=2, ll=4, lr=8: (from, to) edge midpoints of its one or two
+# segments; 0 top, 1 bottom, 2 left, 3 right; -1 none.
+_SEG = np.full((16, 2, 2), -1, np.int64)
+for _case, _segs in {
+    1: [(0, 2)], 2: [(3, 0)], 3: [(3, 2)], 4: [(2, 1)], 5: [(0, 1)], 6: [(3, 0), (2, 1)],
+    7: [(3, 1)], 8: [(1, 3)], 9: [(0, 2), (1, 3)], 10: [(1, 0)], 11: [(1, 2)], 12: [(2, 3)],
+    13: [(0, 3)], 14: [(2, 0)],
+}.items():  # fmt: skip
+    _SEG[_case, : len(_segs)] = _segs
+# edge midpoints in doubled coordinates relative to (2 * row, 2 * col) of the square
+_DR = np.array([0, 2, 1, 1])
+_DC = np.array([1, 1, 0, 2])
+
+
+def _trace_contours(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The closed 0.5 iso-lines of a bool ``mask`` with a background border, vertex for
+    vertex and in the order ``skimage.measure.find_contours(mask.astype(float), 0.5)`` gives
+    them, as array operations instead of skimage's per-segment Python assembly.
+
+    skimage links each square's segments in raster order; a ring is created by its first
+    segment and closed by its last, so it starts at the last segment's end point and follows
+    the segments' direction, and rings are listed by their first segment. Here the segments
+    come from a table, successors from a point -> segment lookup, and first, last and the
+    position along the ring by pointer jumping (log2 of the segment count rounds).
+
+    Returns the (row, col) vertices of all rings, each closed (first vertex repeated last),
+    and the number of vertices of each ring.
+    """
+    h, w = mask.shape
+    m = mask.astype(np.uint8)
+    case = m[:-1, :-1] + 2 * m[:-1, 1:] + 4 * m[1:, :-1] + 8 * m[1:, 1:]
+    sq = np.flatnonzero((case != 0) & (case != 15))
+    cs = case.ravel()[sq].astype(np.int64)
+    per = 1 + ((cs == 6) | (cs == 9))
+    seg_sq = np.repeat(np.arange(len(sq)), per)
+    which = np.arange(len(seg_sq)) - np.repeat(np.cumsum(per) - per, per)
+    r2, c2 = np.divmod(sq[seg_sq], w - 1)
+    r2, c2 = 2 * r2, 2 * c2
+    fr, to = _SEG[cs[seg_sq], which, 0], _SEG[cs[seg_sq], which, 1]
+    stride = 2 * w + 1
+    from_id = (r2 + _DR[fr]) * stride + c2 + _DC[fr]
+    to_id = (r2 + _DR[to]) * stride + c2 + _DC[to]
+    n = len(seg_sq)
+    if n == 0:
+        return np.zeros((0, 2)), np.zeros(0, np.int64)
+    seg_of = np.full((2 * h + 1) * stride, -1, np.int64)
+    seg_of[from_id] = np.arange(n)
+    succ = seg_of[to_id]
+    # pointer jumping: last (= cycle id) and first segment of each cycle in raster order
+    last = np.arange(n)
+    first = np.arange(n)
+    p = succ.copy()
+    for _ in range(max(n, 1).bit_length()):
+        last = np.maximum(last, last[p])
+        first = np.minimum(first, first[p])
+        p = p[p]
+    # steps from each segment forward to its cycle's last segment
+    is_last = last == np.arange(n)
+    nxt = np.where(is_last, np.arange(n), succ)
+    d = (~is_last).astype(np.int64)
+    for _ in range(max(n, 1).bit_length()):
+        d = d + d[nxt]
+        nxt = nxt[nxt]
+    length = d[succ[last]] + 1
+    pos = (length - d) % length
+    # rings in creation order (their first segment), each from to(last) round to to(last)
+    order = np.lexsort((pos, first))
+    ring_first = first[order]
+    starts = np.flatnonzero(np.r_[True, ring_first[1:] != ring_first[:-1]])
+    lengths = np.diff(np.r_[starts, n]) + 1
+    ids = to_id[order]
+    ids = np.insert(ids, np.r_[starts[1:], n], ids[starts])
+    pts = np.stack(np.divmod(ids, stride), axis=1) / 2.0
+    return pts, lengths
+
+
+# Width (px) of the canvas rows that the nuclei's crops are packed into for one contour call.
+_CANVAS_WIDTH = 1024
+
+
 def _contour_rings(inst: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outer contour of each label as one flat vertex array (x, y model px) + ring offsets.
 
-    One ``find_contours`` per label on its bounding-box crop (from ``ndi.find_objects``):
-    the work per nucleus is proportional to its own size, not to the tile's. The 0.5 iso-line
-    of the padded mask runs along the pixel edges (cutting corners diagonally), so the polygon
-    hugs the pixels.
+    Each label's bounding-box crop (from ``ndi.find_objects``), padded by one background
+    pixel, is packed into one canvas that is traced once (:func:`_trace_contours`): the work
+    per nucleus is proportional to its own size, not to the tile's, with no fixed cost per
+    nucleus. The padding keeps the crops' rings apart, and the squares of each crop are met in
+    the same relative order as in the crop alone, so each ring (start vertex and direction
+    included) is the one ``find_contours`` gives for that crop. The 0.5 iso-line of the padded
+    mask runs along the pixel edges (cutting corners diagonally), so the polygon hugs the
+    pixels.
     """
     slices = ndi.find_objects(inst)
-    coords: list[np.ndarray] = []
-    for lab in labels:
-        sl = slices[lab - 1] if lab - 1 < len(slices) else None
+    boxes = [slices[lab - 1] if 0 < lab <= len(slices) else None for lab in labels]
+    # shelf packing: (row, col) of each padded crop in the canvas
+    places: list[tuple[int, int] | None] = []
+    x = y = shelf_h = width = 0
+    for sl in boxes:
         if sl is None:
-            coords.append(np.zeros((0, 2)))
+            places.append(None)
             continue
-        crop = np.pad(inst[sl] == lab, 1).astype(np.float32)
-        contours = find_contours(crop, 0.5)
-        # several contours: holes or split fragments; keep the longest (the outline)
-        ring = max(contours, key=len)
-        # (row, col) of pixel centres in the padded crop -> (x, y) with pixel-corner origin
-        coords.append(ring[:, ::-1] + (sl[1].start - 0.5, sl[0].start - 0.5))
+        h, w = sl[0].stop - sl[0].start + 2, sl[1].stop - sl[1].start + 2
+        if x > 0 and x + w > _CANVAS_WIDTH:
+            x, y, shelf_h = 0, y + shelf_h, 0
+        places.append((y, x))
+        x += w
+        shelf_h = max(shelf_h, h)
+        width = max(width, x)
+    coords: list[np.ndarray] = [np.zeros((0, 2))] * len(labels)
+    if width:
+        canvas = np.zeros((y + shelf_h, width), bool)
+        owner = np.full(canvas.shape, -1, np.int64)
+        for i, (lab, sl, at) in enumerate(zip(labels, boxes, places, strict=True)):
+            if at is None:
+                continue
+            h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+            canvas[at[0] + 1 : at[0] + 1 + h, at[1] + 1 : at[1] + 1 + w] = inst[sl] == lab
+            owner[at[0] : at[0] + h + 2, at[1] : at[1] + w + 2] = i
+        pts, ring_len = _trace_contours(canvas)
+        ring_start = np.cumsum(ring_len) - ring_len
+        ring_owner = owner[pts[ring_start, 0].astype(np.int64), pts[ring_start, 1].astype(np.int64)]
+        # several rings: holes or split fragments; keep the longest (the outline), the first
+        # of equally long ones as max() does
+        pick = np.lexsort((np.arange(len(ring_len)), -ring_len, ring_owner))
+        pick = pick[np.r_[True, ring_owner[pick][1:] != ring_owner[pick][:-1]]]
+        for r in pick:
+            i = int(ring_owner[r])
+            sl, (cy, cx) = boxes[i], places[i]
+            ring = pts[ring_start[r] : ring_start[r] + ring_len[r]]
+            # (row, col) of pixel centres in the canvas -> (x, y) with pixel-corner origin
+            coords[i] = ring[:, ::-1] + (sl[1].start - 0.5 - cx, sl[0].start - 0.5 - cy)
     lengths = np.array([len(c) for c in coords], dtype=np.int64)
     flat = np.concatenate(coords) if coords else np.zeros((0, 2))
     return flat, lengths
@@ -136,16 +246,16 @@ def stitch_tile(
         c_model = label_centroids(inst, labels)
     c_level0 = c_model * (sx, sy) + (rx, ry)
     keep = owned_mask(c_level0, [tile_row[k] for k in CORE_BOX])
-    kept = info.loc[keep].drop(
-        columns=[NucleusCols.CENTROID_X, NucleusCols.CENTROID_Y], errors="ignore"
-    )
     _, polys = instances_to_polygons(inst, rx, ry, sx, sy, labels=labels[keep], simplify=simplify)
-    out = pd.DataFrame(
-        {
-            NucleusCols.TILE_ID: np.full(int(keep.sum()), int(tile_row[NucleusCols.TILE_ID])),
-            NucleusCols.CENTROID_X: c_level0[keep, 0],
-            NucleusCols.CENTROID_Y: c_level0[keep, 1],
-        }
-    )
-    out = pd.concat([out, kept.reset_index(drop=True)], axis=1)
+    columns = {
+        NucleusCols.TILE_ID: np.full(int(keep.sum()), int(tile_row[NucleusCols.TILE_ID])),
+        NucleusCols.CENTROID_X: c_level0[keep, 0],
+        NucleusCols.CENTROID_Y: c_level0[keep, 1],
+    }
+    # one frame from column arrays: row selection and concat per column cost more than the
+    # tile's contours
+    for name in info.columns:
+        if name not in (NucleusCols.CENTROID_X, NucleusCols.CENTROID_Y):
+            columns[name] = info[name].array[keep]
+    out = pd.DataFrame(columns)
     return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(polys, index=out.index))

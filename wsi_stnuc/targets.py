@@ -23,12 +23,15 @@ from wsi_stnuc.formats import LabelCols
 @dataclass
 class Targets:
     """Targets of one tile: ``inst`` int32 (0 bg, 1..N), ``cls`` uint8 (0 bg, 1..K, 255
-    ignore), ``hv`` float32 2 x H x W in [-1, 1], ``weight`` float32 H x W."""
+    ignore), ``hv`` float32 2 x H x W in [-1, 1], ``weight`` float32 H x W (trust in the
+    outline: every loss term), ``cls_weight`` float32 H x W (trust in the class: the class
+    terms only, on top of ``weight``; 1 on background)."""
 
     inst: np.ndarray
     cls: np.ndarray
     hv: np.ndarray
     weight: np.ndarray
+    cls_weight: np.ndarray
 
 
 def hv_maps(inst: np.ndarray) -> np.ndarray:
@@ -86,13 +89,17 @@ def _finish(
     inst: np.ndarray,
     inst_class: np.ndarray,
     inst_weight: np.ndarray,
+    inst_class_weight: np.ndarray,
     band_px: float,
     boundary_weight: float,
 ) -> Targets:
     inst = inst.astype(np.int32, copy=False)
     cls = inst_class.astype(np.uint8)[inst]
     weight = _band_weight(inst, inst_weight.astype(np.float32), band_px, boundary_weight)
-    return Targets(inst=inst, cls=cls, hv=hv_maps(inst), weight=weight)
+    class_lut = inst_class_weight.astype(np.float32)
+    class_lut[0] = 1.0
+    return Targets(inst=inst, cls=cls, hv=hv_maps(inst), weight=weight,
+                   cls_weight=class_lut[inst])  # fmt: skip
 
 
 def rasterize_targets(
@@ -110,9 +117,11 @@ def rasterize_targets(
     """Targets for the tile of ``shape`` (H, W) model pixels at level-0 ``(x0, y0)``.
 
     ``labels`` is a LabelSet GeoDataFrame (level-0 polygons, ``image_class``, optional
-    ``weight``); only polygons its spatial index returns for the tile box are drawn. Classes not
-    in ``classes`` (``unknown`` included) become 255. Larger nuclei are drawn first so a small
-    overlapping one stays visible. ``weight``: see :func:`_band_weight`; missing = 1.
+    ``weight`` and ``confidence``); only polygons its spatial index returns for the tile box are
+    drawn. Classes not in ``classes`` (``unknown`` included) become 255. Larger nuclei are drawn
+    first so a small overlapping one stays visible. ``weight`` (trust in the polygon): see
+    :func:`_band_weight`; ``confidence`` (trust in the cell type) becomes ``cls_weight``; each
+    missing = 1.
     """
     h, w = int(shape[0]), int(shape[1])
     if LabelCols.IMAGE_CLASS not in labels.columns:
@@ -123,12 +132,14 @@ def rasterize_targets(
     n = len(idx)
     inst_class = np.zeros(n + 1, np.uint8)
     inst_weight = np.ones(n + 1, np.float32)
+    inst_class_weight = np.ones(n + 1, np.float32)
     if n == 0:
-        return _finish(inst, inst_class, inst_weight, band_px, boundary_weight)
+        return _finish(inst, inst_class, inst_weight, inst_class_weight, band_px, boundary_weight)
     sub = labels.iloc[idx]
     inst_class[1:] = np.asarray(classes.ids_of(sub[LabelCols.IMAGE_CLASS].astype(str)), np.uint8)
-    if LabelCols.WEIGHT in sub.columns:
-        inst_weight[1:] = np.clip(sub[LabelCols.WEIGHT].to_numpy(np.float32), 0.0, 1.0)
+    for lut, col in ((inst_weight, LabelCols.WEIGHT), (inst_class_weight, LabelCols.CONFIDENCE)):
+        if col in sub.columns:
+            lut[1:] = np.clip(sub[col].fillna(1.0).to_numpy(np.float32), 0.0, 1.0)
     geoms = shapely.transform(np.asarray(sub.geometry.values), lambda c: (c - (x0, y0)) / (sx, sy))
     # Multipolygons -> parts sharing their row's instance id; draw exteriors largest first.
     parts, part_of = shapely.get_parts(geoms, return_index=True)
@@ -142,18 +153,18 @@ def rasterize_targets(
     for k, xy in zip(part_of[order], np.split(coords, splits), strict=True):
         rr, cc = draw_polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=(h, w))
         inst[rr, cc] = k + 1
-    inst = _relabel(inst, inst_class, inst_weight)
+    inst = _relabel(inst, inst_class, inst_weight, inst_class_weight)
     return _finish(*inst, band_px, boundary_weight)
 
 
-def _relabel(inst: np.ndarray, inst_class: np.ndarray, inst_weight: np.ndarray):
-    """Renumber present instances 1..N and carry their class and weight along."""
+def _relabel(inst: np.ndarray, *per_instance: np.ndarray):
+    """Renumber present instances 1..N and carry their per-instance values along."""
     present = np.unique(inst)
     present = present[present > 0]
-    lut = np.zeros(len(inst_class), np.int32)
+    lut = np.zeros(len(per_instance[0]), np.int32)
     lut[present] = np.arange(1, len(present) + 1)
     keep = np.concatenate([[0], present])
-    return lut[inst], inst_class[keep], inst_weight[keep]
+    return lut[inst], *(values[keep] for values in per_instance)
 
 
 def targets_from_instances(
@@ -161,17 +172,20 @@ def targets_from_instances(
     inst_class: Mapping[int, int] | np.ndarray,
     *,
     inst_weight: Mapping[int, float] | np.ndarray | None = None,
+    class_weight: Mapping[int, float] | np.ndarray | None = None,
     boundary_weight: float = 0.5,
     band_px: float = 2.0,
 ) -> Targets:
     """Targets from a manual instance map (e.g. CoNSeP): ``inst_class`` maps label -> class id
-    (0..K or 255; an array indexed by label or a dict); unlisted labels get 255."""
+    (0..K or 255; an array indexed by label or a dict); unlisted labels get 255.
+    ``inst_weight`` / ``class_weight``: per-label outline / class trust (default 1)."""
     inst = np.asarray(inst).astype(np.int32)
     n = int(inst.max()) + 1
     cls_lut = np.full(n, IGNORE_CLASS, np.uint8)
     cls_lut[0] = 0
     w_lut = np.ones(n, np.float32)
-    for lut, src in ((cls_lut, inst_class), (w_lut, inst_weight)):
+    cw_lut = np.ones(n, np.float32)
+    for lut, src in ((cls_lut, inst_class), (w_lut, inst_weight), (cw_lut, class_weight)):
         if src is None:
             continue
         if isinstance(src, Mapping):
@@ -182,4 +196,4 @@ def targets_from_instances(
             keys, vals = np.arange(len(src)), src
         ok = (keys > 0) & (keys < n)
         lut[keys[ok]] = vals[ok]
-    return _finish(inst, cls_lut, w_lut, band_px, boundary_weight)
+    return _finish(inst, cls_lut, w_lut, cw_lut, band_px, boundary_weight)

@@ -40,7 +40,11 @@ class TrainConfig:
     ``amp``: ``"auto"`` (on for CUDA), True or False. ``steps_per_epoch`` caps an epoch
     (None: one pass over the training split). ``val_every``: validate every so many epochs
     (None: about every 50 steps, and always after the last epoch); ``patience`` counts
-    validations. ``threads``: torch CPU threads (None: torch's).
+    validations. ``threads``: torch CPU threads (None: torch's). ``max_steps``: stop after so
+    many optimizer steps (the schedule then spans ``max_steps``, not ``epochs``); a step budget
+    makes runs on different machines or under different loads comparable, a wall budget
+    (``max_minutes``) does not. ``augment_preset``: ``"strong"`` (default) or ``"light"``
+    colour jitter (:class:`~wsi_stnuc.augment.AugmentConfig`).
     """
 
     epochs: int = 30
@@ -63,6 +67,8 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     augment: bool = True
     threads: int | None = None
+    max_steps: int | None = None
+    augment_preset: str = "strong"
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -126,8 +132,9 @@ def evaluate(model, dataset, device, batch_size: int = 8, amp: bool = False) -> 
             with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
                 out = model(batch["image"].to(device))
             terms = hovernet_loss(
-                out, batch["cls"].to(device), batch["hv"].to(device), batch["weight"].to(device)
-            )
+                out, batch["cls"].to(device), batch["hv"].to(device), batch["weight"].to(device),
+                cls_weight=batch["cls_weight"].to(device),
+            )  # fmt: skip
             np_prob = out["np"].float().softmax(1)[:, 1].cpu().numpy()
             hv = out["hv"].float().cpu().numpy()
             tp = out["tp"].float().softmax(1).cpu().numpy()
@@ -216,7 +223,10 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
     use_amp = use_amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
-    train_ds = PatchDataset(dataset_zarr, "train", augment=cfg.augment, seed=cfg.seed)
+    from wsi_stnuc.augment import AugmentConfig
+
+    train_ds = PatchDataset(dataset_zarr, "train", augment=cfg.augment, seed=cfg.seed,
+                            config=AugmentConfig.preset(cfg.augment_preset))  # fmt: skip
     val_ds = PatchDataset(dataset_zarr, "val", augment=False)
     if len(train_ds) == 0:
         raise InputError(dataset_zarr, "the dataset has no training patches")
@@ -252,7 +262,7 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ds) / cfg.batch_size)
     # Small datasets make short epochs: validating after each would cost more than training.
     val_every = cfg.val_every or max(1, round(50 / steps_per_epoch))
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    total_steps = max(1, cfg.max_steps or cfg.epochs * steps_per_epoch)
     time_budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     t_start = time.perf_counter() - state["elapsed"]
@@ -265,9 +275,10 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
         save_checkpoint(path, model, classes=classes, mpp=mpp, train_config=cfg,
                         metrics=metrics, extra=extra if path.name == LAST else {})  # fmt: skip
 
-    out_of_time = False
+    budget_spent = False
     lr = cfg.lr
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+    last = cfg.epochs if cfg.max_steps is None else 10**9
+    for epoch in range(state["epoch"] + 1, last + 1):
         model.train()
         train_ds.set_epoch(epoch)
         loader = DataLoader(
@@ -279,7 +290,7 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
         )  # fmt: skip
         sums: dict[str, float] = {}
         n_seen = 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
         for i, batch in enumerate(bar):
             if i >= steps_per_epoch:
                 break
@@ -292,7 +303,8 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 heads = model(batch["image"])
-            terms = hovernet_loss(heads, batch["cls"], batch["hv"], batch["weight"])
+            terms = hovernet_loss(heads, batch["cls"], batch["hv"], batch["weight"],
+                                  cls_weight=batch["cls_weight"])  # fmt: skip
             opt.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
             scaler.step(opt)
@@ -305,12 +317,12 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
             if state["step"] % max(cfg.log_every, 1) == 0:
                 bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", lr=f"{lr:.2e}")
                 log.debug("step %d loss %.4f", state["step"], float(terms["total"].detach()))
-            if time_budget and elapsed() >= time_budget:
-                out_of_time = True
+            if (time_budget and elapsed() >= time_budget) or state["step"] >= total_steps:
+                budget_spent = True
                 break
         row = {"epoch": epoch, "step": state["step"], "lr": lr}
         row.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})
-        last_epoch = out_of_time or epoch == cfg.epochs
+        last_epoch = budget_spent or epoch == last
         validate = len(val_ds) > 0 and (epoch % val_every == 0 or last_epoch)
         metrics = {}
         if validate:
@@ -332,8 +344,8 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
             row.get("train_total", float("nan")), score, metrics.get("cls_acc", float("nan")),
             row["seconds"],
         )  # fmt: skip
-        if out_of_time:
-            log.info("time budget of %.1f min used up after epoch %d", cfg.max_minutes, epoch)
+        if budget_spent:
+            log.info("budget used up after epoch %d (step %d)", epoch, state["step"])
             break
         if len(val_ds) and state["bad_epochs"] >= cfg.patience:
             log.info("early stop: no PQ gain in %d validations", cfg.patience)

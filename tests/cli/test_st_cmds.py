@@ -123,6 +123,26 @@ def test_labels_end_to_end(bundle_dir, tmp_path):
     assert meta["report"]["n_labels"] == 150
 
 
+def test_labels_h_weight_keeps_registered_polygons(bundle_dir, tmp_path):
+    from wsi_stnuc.st.labels import read_labelset
+
+    r = bundle_dir["root"]
+    out = tmp_path / "labels.parquet"
+    args = ["labels", "--xenium", str(bundle_dir["xenium"]), "--slide", str(r / "he.tif"),
+            "--alignment", str(r / "he_imagealignment.csv"), "--panel", str(r / "panel.yaml"),
+            "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(cli, [*args, "--h-weight"])
+    assert res.exit_code == 0, res.output
+    assert "H&E support: mean polygon weight" in res.output
+    gdf, _ = read_labelset(out)
+    assert len(gdf) == 150 and gdf["weight"].between(0, 1).all()
+    assert gdf["weight"].median() > 0.9  # polygons sit on their nuclei
+    plain = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "plain.parquet")])
+    assert (
+        plain.exit_code == 0 and (read_labelset(tmp_path / "plain.parquet")[0]["weight"] == 1).all()
+    )
+
+
 def test_labels_matrix_and_errors(bundle_dir, tmp_path):
     r = bundle_dir["root"]
     base = [

@@ -67,3 +67,19 @@ def test_perfect_prediction_has_small_loss():
     terms = hovernet_loss(out, cls, hv, w)
     assert float(terms["total"]) < 0.05
     assert float(terms["hv_msge"]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_class_weight_scales_class_terms_only():
+    out, cls, hv, w = setup()
+    cw = torch.ones_like(w)
+    cw[:, 2:7, 2:7] = 0.0  # the one typed nucleus: type not trusted at all
+    base = hovernet_loss(out, cls, hv, w, cls_weight=cw)
+    changed = {k: v.clone() for k, v in out.items()}
+    changed["tp"][:, :, 2:7, 2:7] = torch.randn(2, 3, 5, 5) * 5
+    moved = hovernet_loss(changed, cls, hv, w, cls_weight=cw)
+    assert moved["tp_ce"] == pytest.approx(float(base["tp_ce"]))
+    changed["hv"][:, :, 2:7, 2:7] += 1.0  # but its outline still teaches
+    moved = hovernet_loss(changed, cls, hv, w, cls_weight=cw)
+    assert moved["hv_mse"] > base["hv_mse"]
+    half = hovernet_loss(out, cls, hv, w, cls_weight=torch.full_like(w, 0.5))
+    assert half["tp_ce"] == pytest.approx(float(hovernet_loss(out, cls, hv, w)["tp_ce"]))

@@ -26,3 +26,20 @@ def test_mosaic_repeats_source_mirrored(cmu_slide, tmp_path):
     mirror_err = np.abs(a[:, 2220:] - b[:, 2220 - 380 :][:, ::-1]).mean()
     repeat_err = np.abs(a[:, 2220:] - b[:, :380]).mean()
     assert mirror_err < 4 and repeat_err > 2 * mirror_err, (mirror_err, repeat_err)
+
+
+def test_mosaic_of_an_image_file_is_lossless_with_zlib(tmp_path):
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "tile.png")
+    with pytest.raises(ValueError, match="mpp"):
+        mosaic_slide(tmp_path / "tile.png", tmp_path / "x.tif", 500)
+    out = mosaic_slide(tmp_path / "tile.png", tmp_path / "m.tif", (500, 400), mpp=0.25,
+                       compression="zlib")  # fmt: skip
+    with open_slide(out) as slide:
+        assert slide.dimensions == (500, 400) and slide.mpp == (0.25, 0.25)
+        got = slide.read_level(0, 0, 0, 500, 400)
+    assert np.array_equal(got[:300, :200], rgb)
+    assert np.array_equal(got[300:400, :200], rgb[::-1][:100])  # mirrored repeat below
+    assert np.array_equal(got[:300, 200:400], rgb[:, ::-1])

@@ -13,6 +13,7 @@ import tifffile
 
 from wsi_stnuc.annotated import AnnotatedImage, load_consep
 from wsi_stnuc.errors import InputError
+from wsi_stnuc.slide.registry import open_slide
 from wsi_stnuc.synth.noise import STNoise
 from wsi_stnuc.synth.paired import (
     DEFAULT_CLASS_TO_TYPES,
@@ -102,6 +103,11 @@ def test_paired_bundle_on_toy_images(tmp_path):
     x0, y0 = pd.read_csv(b.placements).loc[0, ["x0", "y0"]]
     cen = shapely.get_coordinates(first.geometry.centroid.values) - (x0, y0)
     np.testing.assert_allclose(cen, [[10, 10], [24, 35], [52.5, 55]], atol=0.3)
+    # A lossless bundle keeps the annotated pixels exactly at their placements.
+    exact = make_paired_bundle(images, csv, tmp_path / "z", compression="zlib", seed=1)
+    with open_slide(exact.slide) as slide:
+        got = slide.read_level(0, int(x0), int(y0), *images[0].rgb.shape[1::-1])
+    assert np.array_equal(got, images[0].rgb)
     with pytest.raises(ValueError, match="resolutions"):
         other = _toy_image("c_1")
         other.mpp = 0.5

@@ -64,11 +64,14 @@ def hovernet_loss(
     hv: torch.Tensor,
     weight: torch.Tensor,
     weights: LossWeights = LossWeights(),
+    cls_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss terms and their weighted sum ``total``.
 
     ``out``: the network's raw outputs; ``cls`` N x H x W (int, 0 bg, 1..K, 255 ignore);
-    ``hv`` N x 2 x H x W; ``weight`` N x H x W.
+    ``hv`` N x 2 x H x W; ``weight`` N x H x W scales every term (trust in the outline);
+    ``cls_weight`` N x H x W (optional) scales the class terms on top (trust in the type), so
+    a cell of doubtful type still teaches the outline in full.
     """
     out = {k: v.float() for k, v in out.items()}
     cls = cls.long()
@@ -87,7 +90,7 @@ def hovernet_loss(
     hv_msge = _weighted_mean(grad_err, w1 * fg.unsqueeze(1))
 
     known = (cls != IGNORE_CLASS).float()
-    wk = w * known
+    wk = w * known if cls_weight is None else w * known * cls_weight.float()
     n_tp = out["tp"].shape[1]
     cls_safe = torch.where(cls == IGNORE_CLASS, torch.zeros_like(cls), cls)
     tp_ce = _weighted_mean(F.cross_entropy(out["tp"], cls_safe, reduction="none"), wk)

@@ -1,11 +1,13 @@
 """LabelSet: ST nuclei as training labels in H&E level-0 pixels, one row per nucleus.
 
 Columns (``wsi_stnuc.formats.LabelCols``): ``cell_id`` (str), ``geometry`` (Polygon, level-0
-px), ``cell_type`` (str), ``image_class`` (class name or ``unknown``), ``confidence`` (0-1)
-and ``weight`` (0-1, from the typing confidence). Every polygon is drawn into the training
-targets whatever its weight; ``wsi_stnuc.targets`` turns ``weight`` into the per-pixel loss
-weight inside the nucleus and in a band around its outline (all loss terms). Saved as GeoParquet with the class table and provenance in the
-``wsi_stnuc`` metadata key: ``{"kind": "labelset", "classes": ClassTable.to_dict(), ...}``.
+px), ``cell_type`` (str), ``image_class`` (class name or ``unknown``), ``confidence`` (0-1,
+the typing confidence) and ``weight`` (0-1, trust in the polygon: 1 here, lowered by
+:func:`wsi_stnuc.label_confidence.label_weights`). Every polygon is drawn into the training
+targets whatever its weights; ``wsi_stnuc.targets`` turns ``weight`` into the per-pixel weight
+of every loss term (inside the nucleus and in a band around its outline) and ``confidence``
+into the weight of the class terms. Saved as GeoParquet with the class table and provenance in
+the ``wsi_stnuc`` metadata key: ``{"kind": "labelset", "classes": ClassTable.to_dict(), ...}``.
 """
 
 from __future__ import annotations
@@ -178,7 +180,9 @@ def build_labelset(
             L.CELL_TYPE: types["cell_type"].astype(str).to_numpy()[pos],
             L.IMAGE_CLASS: classes.to_numpy()[pos],
             L.CONFIDENCE: conf[pos].astype(np.float32),
-            L.WEIGHT: conf[pos].astype(np.float32),
+            # The outline is as good as the segmentation, whatever the type's confidence:
+            # confidence weights the class loss only (Targets.cls_weight).
+            L.WEIGHT: np.ones(len(pos), np.float32),
         },
         geometry=geoms,
     )

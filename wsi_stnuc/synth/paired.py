@@ -170,6 +170,7 @@ def make_paired_bundle(
     gap_px: int = 64,
     pixel_size: float = Xenium.DEFAULT_PIXEL_SIZE_UM,
     jpeg_quality: int = 95,
+    compression: str = "jpeg",
     transcripts: bool = False,
 ) -> PairedBundle:
     """Write a mosaic slide of ``images``, a Xenium bundle of their nuclei, truth and placements.
@@ -178,7 +179,9 @@ def make_paired_bundle(
     :meth:`STNoise.mild`. The truth GeoParquet holds every annotated nucleus (level-0 px) with
     its annotated class, the sampled fine ``cell_type``, its ``image_class`` under the default
     taxonomy (``unknown`` for classes that stand for no type), the ST cell it ended up in, the
-    reference cell its expression came from and its source image.
+    reference cell its expression came from and its source image. ``compression``: the
+    slide's tile codec (``"jpeg"`` at ``jpeg_quality``, like a scanner; ``"zlib"`` keeps the
+    annotated pixels exactly and needs no JPEG codec).
     """
     if not images:
         raise ValueError("make_paired_bundle: no images")
@@ -200,6 +203,7 @@ def make_paired_bundle(
         out / SLIDE_NAME,
         canvas,
         mpp,
+        compression=compression,
         quality=jpeg_quality,
         description="wsi-stnuc paired bundle: real annotated H&E mosaic",
     )
