@@ -37,6 +37,8 @@ import click
               help="Tile halo (model pixels); must exceed the largest nucleus.")  # fmt: skip
 @click.option("--tissue/--no-tissue", default=True, show_default=True,
               help="Only process tiles that touch detected tissue.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Reader and post-processing workers per slide (default: up to 4).")  # fmt: skip
 def infer(
     inputs: tuple[str, ...],
     model_path: Path,
@@ -53,6 +55,7 @@ def infer(
     core: int,
     halo: int,
     tissue: bool,
+    workers: int | None,
 ) -> None:
     """Segment and classify nuclei in slides: INPUTS are slide files, folders, globs or CSV
     manifests (columns: path, optional mpp and name). Exits with 1 if any slide failed."""
@@ -67,7 +70,7 @@ def infer(
         list(inputs), model_path, out_dir,
         resume=resume, scheduler=scheduler, local_cluster=local_cluster, mpp=mpp,
         device=device, batch_size=batch_size, core=core, halo=halo, tissue=tissue,
-        qupath=qupath, qupath_zip=zipped, qupath_cells=qupath_cells,
+        qupath=qupath, qupath_zip=zipped, qupath_cells=qupath_cells, workers=workers,
     )  # fmt: skip
     n_ok = len(result.rows) - result.n_failed
     click.echo(f"{n_ok} of {len(result.rows)} slides done; manifest: {result.manifest}")

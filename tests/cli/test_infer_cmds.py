@@ -48,7 +48,7 @@ def test_infer_folder_with_a_bad_slide(checkpoint, tmp_path):
     (slides / "broken.tif").write_bytes(b"not a tiff at all")
     out = tmp_path / "out"
     args = ["--model", checkpoint, slides, "--out", out, "--no-tissue", "--core", "64",
-            "--halo", "16", "--batch-size", "2", "--zip"]  # fmt: skip
+            "--halo", "16", "--batch-size", "2", "--zip", "--workers", "2"]  # fmt: skip
     result = _invoke(*args)
     assert result.exit_code == 1, result.output
     assert "broken.tif" in result.output
