@@ -2,9 +2,9 @@
 
 A *sample* is a dict of numpy arrays: ``image`` (H x W x 3 uint8), ``inst`` (H x W int32),
 ``cls`` (H x W uint8), ``hv`` (2 x H x W float32: channel 0 horizontal, 1 vertical),
-``weight`` and ``cls_weight`` (H x W float32). Geometric transforms move all of them; under a flip or rotation
-the HV maps also change sign and/or swap channels (the horizontal map of a rotated nucleus is
-its old vertical map). Photometric transforms touch the image only.
+``weight`` and ``cls_weight`` (H x W float32). Geometric transforms move all of them; under a
+flip or rotation the HV maps also change sign and/or swap channels (the horizontal map of a
+rotated nucleus is its old vertical map). Photometric transforms touch the image only.
 """
 
 from __future__ import annotations
@@ -163,9 +163,8 @@ def augment(sample: dict, rng: np.random.Generator, config: AugmentConfig = Augm
         beta = rng.uniform(-config.hed_bias, config.hed_bias, 3)
         image = hed_jitter(image, alpha, beta)
     if rng.random() < config.colour_prob:
-        b, c, s = (1 + rng.uniform(-v, v) for v in (config.brightness, config.contrast,
-                                                      config.saturation))  # fmt: skip
-        image = colour_jitter(image, b, c, s)
+        strengths = (config.brightness, config.contrast, config.saturation)
+        image = colour_jitter(image, *(1 + rng.uniform(-v, v) for v in strengths))
     if rng.random() < config.blur_prob:
         sigma = float(rng.uniform(*config.blur_sigma))
         image = ndi.gaussian_filter(image, (sigma, sigma, 0))
