@@ -104,3 +104,23 @@ def test_polygon_matches_pixels():
     np.testing.assert_allclose(
         shapely.get_coordinates(c), label_centroids(lab, labels) * (2, 1) + (100, 50)
     )
+
+
+def test_nothing_is_placed_beyond_the_slide():
+    # A 100 x 80 slide, one tile reading from (-10, -10) at scale 1 with its core reaching
+    # past the slide edge: a blob straddling the left edge, one lying wholly in the padding.
+    inst = np.zeros((120, 140), np.int32)
+    inst[40:60, 2:20] = 1  # level-0 x -8..10: centroid at x = 1 (on the slide)
+    inst[40:60, 115:130] = 2  # level-0 x 105..120: beyond the slide's width of 100
+    info = pd.DataFrame({"label": [1, 2]})
+    row = {"tile_id": 0, "core_x0": 0.0, "core_y0": 0.0, "core_x1": 128.0, "core_y1": 128.0,
+           "read_x0": -10.0, "read_y0": -10.0}  # fmt: skip
+    attrs = {"sx": 1.0, "sy": 1.0, "slide_width": 100, "slide_height": 80}
+    out = stitch_tile(inst, info, row, attrs, simplify=0)
+    assert list(out["label"]) == [1]
+    minx, miny, maxx, maxy = out.total_bounds
+    assert minx == 0 and maxx == 10 and (miny, maxy) == (30, 50)
+    assert out.geometry.is_valid.all() and (out.geometry.geom_type == "Polygon").all()
+    # without slide extents (older grids) both are kept, uncut
+    legacy = stitch_tile(inst, info, row, {"sx": 1.0, "sy": 1.0}, simplify=0)
+    assert list(legacy["label"]) == [1, 2] and legacy.total_bounds[0] == -8

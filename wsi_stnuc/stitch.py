@@ -220,6 +220,27 @@ def instances_to_polygons(
     return labels, polys
 
 
+def _cut_at_slide_edge(polys: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Outlines reaching past the slide (white padding a model may take for a nucleus) cut at
+    its edge; the others are left untouched, vertex for vertex."""
+    bounds = shapely.bounds(polys)
+    out = (bounds[:, 0] < box[0]) | (bounds[:, 1] < box[1])
+    out |= (bounds[:, 2] > box[2]) | (bounds[:, 3] > box[3])
+    if out.any():
+        cut = shapely.intersection(polys[out], shapely.box(*box))
+        # a cut can split an outline or leave slivers: keep the largest polygon of each
+        parts, owner = shapely.get_parts(cut, return_index=True)
+        is_poly = shapely.get_type_id(parts) == 3
+        parts, owner = parts[is_poly], owner[is_poly]
+        order = np.lexsort((-shapely.area(parts), owner))
+        first = np.unique(owner[order], return_index=True)[1]
+        largest = np.full(len(cut), shapely.Polygon(), dtype=object)
+        largest[owner[order][first]] = parts[order][first]
+        polys = polys.copy()
+        polys[out] = largest
+    return polys
+
+
 def stitch_tile(
     inst: np.ndarray,
     info: pd.DataFrame,
@@ -235,6 +256,9 @@ def stitch_tile(
     columns, centroids in model px), ``tile_row`` one row of the tile grid and ``grid_attrs``
     the grid's ``attrs`` (``sx``, ``sy``). Output columns: ``tile_id``, ``label`` (in the
     tile), ``centroid_x``/``centroid_y`` (level-0), the other ``info`` columns, ``geometry``.
+    With ``slide_width``/``slide_height`` in the attrs nothing is placed beyond the slide: a
+    nucleus whose centroid lies in the padding outside it belongs to no tile, and outlines are
+    cut at the slide edge.
     """
     sx, sy = float(grid_attrs["sx"]), float(grid_attrs["sy"])
     rx, ry = (float(tile_row[k]) for k in READ_ORIGIN)
@@ -245,8 +269,16 @@ def stitch_tile(
     else:
         c_model = label_centroids(inst, labels)
     c_level0 = c_model * (sx, sy) + (rx, ry)
-    keep = owned_mask(c_level0, [tile_row[k] for k in CORE_BOX])
+    core = [float(tile_row[k]) for k in CORE_BOX]
+    slide_box = None
+    if "slide_width" in grid_attrs:
+        slide_box = (0.0, 0.0, float(grid_attrs["slide_width"]), float(grid_attrs["slide_height"]))
+        core = [max(core[0], 0.0), max(core[1], 0.0), min(core[2], slide_box[2]),
+                min(core[3], slide_box[3])]  # fmt: skip
+    keep = owned_mask(c_level0, core)
     _, polys = instances_to_polygons(inst, rx, ry, sx, sy, labels=labels[keep], simplify=simplify)
+    if slide_box is not None and len(polys):
+        polys = _cut_at_slide_edge(polys, slide_box)
     columns = {
         NucleusCols.TILE_ID: np.full(int(keep.sum()), int(tile_row[NucleusCols.TILE_ID])),
         NucleusCols.CENTROID_X: c_level0[keep, 0],

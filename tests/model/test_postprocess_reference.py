@@ -29,7 +29,7 @@ def _remove_small(labels, min_area):
 
 
 def _reference(
-    np_prob, hv, tp_prob, np_threshold=0.5, energy_threshold=0.4, min_area_px=10, marker_radius=1
+    np_prob, hv, tp_prob, np_threshold=0.5, energy_threshold=0.05, min_area_px=10, marker_radius=1
 ):
     np_prob = np.asarray(np_prob, dtype=np.float32)
     hv = np.asarray(hv, dtype=np.float32)
@@ -125,6 +125,7 @@ def test_random_touching_nuclei_match_reference(seed):
         {"min_area_px": 1},
         {"min_area_px": 0, "marker_radius": 0},
         {"marker_radius": 2, "energy_threshold": 0.25},
+        {"energy_threshold": 0.4},
         {"np_threshold": 0.3, "min_area_px": 30},
     ],
 )

@@ -48,7 +48,7 @@ def tile_grid(
     ``col``, level-0 core box ``core_x0, core_y0, core_x1, core_y1`` (half-open; the last row
     and column may reach past the slide edge), read origin ``read_x0, read_y0`` (core origin
     minus the halo) and ``geometry`` (the core box). ``attrs``: ``mpp, sx, sy, core_px,
-    halo_px, read_px, n_rows, n_cols``. With ``tissue`` (a level-0 shapely geometry) only tiles
+    halo_px, read_px, n_rows, n_cols, slide_width, slide_height`` (level-0 px). With ``tissue`` (a level-0 shapely geometry) only tiles
     whose core overlaps it are kept, and with ``min_tissue_fraction > 0`` only those whose core
     is at least that fraction tissue.
     """
@@ -94,6 +94,8 @@ def tile_grid(
         read_px=int(core + 2 * halo),
         n_rows=int(n_rows),
         n_cols=int(n_cols),
+        slide_width=int(width),
+        slide_height=int(height),
     )
     return grid
 
