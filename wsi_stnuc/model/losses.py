@@ -70,8 +70,9 @@ def hovernet_loss(
 
     ``out``: the network's raw outputs; ``cls`` N x H x W (int, 0 bg, 1..K, 255 ignore);
     ``hv`` N x 2 x H x W; ``weight`` N x H x W scales every term (trust in the outline);
-    ``cls_weight`` N x H x W (optional) scales the class terms on top (trust in the type), so
-    a cell of doubtful type still teaches the outline in full.
+    ``cls_weight`` N x H x W (optional) scales the class terms of nucleus pixels on top (trust
+    in the type, normalised to mean 1 over the batch's typed nuclei), so a cell of doubtful
+    type still teaches the outline in full.
     """
     out = {k: v.float() for k, v in out.items()}
     cls = cls.long()
@@ -90,7 +91,16 @@ def hovernet_loss(
     hv_msge = _weighted_mean(grad_err, w1 * fg.unsqueeze(1))
 
     known = (cls != IGNORE_CLASS).float()
-    wk = w * known if cls_weight is None else w * known * cls_weight.float()
+    wk = w * known
+    if cls_weight is not None:
+        # Relative trust among nuclei, mean 1 over the batch's typed nuclei: scaling nuclei
+        # against the background (weight 1) would teach "nucleus vs background" at the cost
+        # of the types, and a LabelSet whose cells all have confidence 0.5 would learn its
+        # classes at half strength.
+        cw = cls_weight.float()
+        typed = (fg & (cls != IGNORE_CLASS)).float()
+        mean = (cw * typed).sum() / typed.sum().clamp_min(1.0)
+        wk = wk * torch.where(typed > 0, cw / mean.clamp_min(_EPS), torch.ones_like(cw))
     n_tp = out["tp"].shape[1]
     cls_safe = torch.where(cls == IGNORE_CLASS, torch.zeros_like(cls), cls)
     tp_ce = _weighted_mean(F.cross_entropy(out["tp"], cls_safe, reduction="none"), wk)
