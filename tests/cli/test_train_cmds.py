@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from click.testing import CliRunner
 from skimage.draw import disk
 
 from wsi_stnuc.classes import ClassTable
+from wsi_stnuc.model.checkpoint import load_checkpoint
 from wsi_stnuc.slide.write import write_pyramidal_tiff
 from wsi_stnuc_cli.main import cli
 
@@ -49,6 +51,15 @@ def test_dataset_then_train(tmp_path):
                               "--threads", "1", "--device", "cpu"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "best.pt").exists() and "best checkpoint" in res.output
+    # a step budget and no augmentation: stored in the checkpoint's config
+    res = runner.invoke(cli, ["train", str(ds), "--out", str(tmp_path / "steps"), "--max-steps",
+                              "3", "--augment", "none", "--width", "8", "--depth", "2",
+                              "--batch-size", "2", "--threads", "1", "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    log = pd.read_csv(tmp_path / "steps" / "log.csv")
+    assert log["step"].iloc[-1] == 3
+    _, meta = load_checkpoint(tmp_path / "steps" / "best.pt", device="cpu")
+    assert meta["train_config"]["max_steps"] == 3 and meta["train_config"]["augment"] is False
 
 
 def test_train_on_a_foreign_folder_is_a_clean_error(tmp_path):
