@@ -145,9 +145,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _fixed_cudnn(fn):
-    """Run ``fn`` with cuDNN's fixed algorithms: its autotuned ones differ from run to run, and
-    on an H200 two crop CVs with one seed learned different taxonomies (ARI 0.73 vs 0.27
-    against the truth). They cost little for networks this small."""
+    """Run ``fn`` with cuDNN's deterministic algorithms (and no autotuning): the default ones may
+    sum in a different order on every run, and on an H200 two crop CVs with one seed learned
+    different taxonomies (ARI 0.73 vs 0.27 against the truth). They cost little for networks
+    this small."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
