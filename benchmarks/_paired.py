@@ -231,12 +231,7 @@ def add_training_args(ap) -> None:
     )
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (training and scoring)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers per training")
-    ap.add_argument(
-        "--val-steps",
-        type=int,
-        default=None,
-        help="validate about every so many steps (default: the trainer's ~50)",
-    )
+    ap.add_argument("--val-steps", type=int, default=50, help="validate about every so many steps")
     ap.add_argument(
         "--augment",
         default="strong",
@@ -252,21 +247,18 @@ def add_training_args(ap) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 
+def budget_label(args) -> str:
+    """The training budget of ``args`` as the tables print it."""
+    return f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+
+
 def train(dataset: Path, out: Path, args, seed: int) -> Path:
     """Train with the budget of ``args`` (see :func:`add_training_args`); return best.pt."""
     from wsi_stnuc.train import TrainConfig, train_model
 
-    val_every = None
-    if args.val_steps:
-        import zarr
-
-        root = zarr.open_group(str(dataset), mode="r")
-        n_train = int(root.attrs["n_train"])
-        batch = 16 if args.device.startswith("cuda") else 4
-        val_every = max(1, round(args.val_steps / max(1, -(-n_train // batch))))
     cfg = TrainConfig(epochs=10_000, max_minutes=args.minutes, max_steps=args.steps,
                       threads=args.threads, seed=seed, device=args.device, patience=10_000,
-                      num_workers=args.workers, val_every=val_every,
+                      num_workers=args.workers, val_steps=args.val_steps,
                       augment_preset=args.augment)  # fmt: skip
     return train_model(dataset, out, cfg, progress=False)
 

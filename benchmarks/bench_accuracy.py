@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from _paired import (
     add_training_args,
+    budget_label,
     consep_codes,
     data_paths,
     fmt,
@@ -111,7 +112,7 @@ def main() -> None:
               f"{fmt(on_monuseg.metrics['pq'])} ({time.perf_counter() - t0:.0f} s)",
               flush=True)  # fmt: skip
 
-    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    budget = budget_label(args)
     names = {"manual": "manual CoNSeP labels", "st": "ST labels (paired)"}
     for mpp in args.mpps:
         patch = int(round(FIELD_UM / mpp / 16)) * 16

@@ -39,6 +39,7 @@ import numpy as np
 from _paired import (
     CONSEP_CODE,
     add_training_args,
+    budget_label,
     consep_codes,
     data_paths,
     fmt,
@@ -164,7 +165,7 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps(results, indent=2, default=float))
 
     print()
-    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    budget = budget_label(args)
     print(f"Budget {budget} per model at {args.mpp:g} µm/px; held-back CoNSeP "
           f"({len(held)} patches).")  # fmt: skip
     print("| model | classes | unknown labels | train steps | PQ | F1d | F1c epi | F1c infl | "

@@ -112,3 +112,12 @@ def test_step_budget_stops_mid_epoch_and_spans_the_schedule(tiny_dataset, tmp_pa
     with pytest.raises(ValueError, match="unknown augmentation preset"):
         train_model(tiny_dataset, tmp_path / "x", TrainConfig(augment_preset="wild"),
                     progress=False)  # fmt: skip
+
+
+def test_val_steps_sets_how_often_to_validate(tiny_dataset, tmp_path):
+    # 9 training patches at batch 3 = 3 steps per epoch: every 6 steps = every 2nd epoch
+    cfg = TrainConfig(epochs=5, batch_size=3, width=8, depth=2, device="cpu", threads=1,
+                      val_steps=6)  # fmt: skip
+    train_model(tiny_dataset, tmp_path / "v", cfg, progress=False)
+    log = pd.read_csv(tmp_path / "v" / "log.csv")
+    assert list(log.loc[log["val_pq"].notna(), "epoch"]) == [2, 4, 5]

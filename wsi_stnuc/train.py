@@ -39,7 +39,7 @@ class TrainConfig:
     better in the same time), 32 and 16 on CUDA. The resolved values go into the checkpoint.
     ``amp``: ``"auto"`` (on for CUDA), True or False. ``steps_per_epoch`` caps an epoch
     (None: one pass over the training split). ``val_every``: validate every so many epochs
-    (None: about every 50 steps, and always after the last epoch); ``patience`` counts
+    (None: about every ``val_steps`` steps, and always after the last epoch); ``patience`` counts
     validations. ``threads``: torch CPU threads (None: torch's). ``max_steps``: stop after so
     many optimizer steps (the schedule then spans ``max_steps``, not ``epochs``); a step budget
     makes runs on different machines or under different loads comparable, a wall budget
@@ -64,6 +64,7 @@ class TrainConfig:
     log_every: int = 20
     steps_per_epoch: int | None = None
     val_every: int | None = None
+    val_steps: int = 50
     warmup_fraction: float = 0.05
     augment: bool = True
     threads: int | None = None
@@ -261,7 +262,7 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
 
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ds) / cfg.batch_size)
     # Small datasets make short epochs: validating after each would cost more than training.
-    val_every = cfg.val_every or max(1, round(50 / steps_per_epoch))
+    val_every = cfg.val_every or max(1, round(cfg.val_steps / steps_per_epoch))
     total_steps = max(1, cfg.max_steps or cfg.epochs * steps_per_epoch)
     time_budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
