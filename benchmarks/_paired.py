@@ -252,14 +252,14 @@ def budget_label(args) -> str:
     return f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
 
 
-def train(dataset: Path, out: Path, args, seed: int) -> Path:
+def train(dataset: Path, out: Path, args, seed: int, *, soft_classes: bool = False) -> Path:
     """Train with the budget of ``args`` (see :func:`add_training_args`); return best.pt."""
     from wsi_stnuc.train import TrainConfig, train_model
 
     cfg = TrainConfig(epochs=10_000, max_minutes=args.minutes, max_steps=args.steps,
                       threads=args.threads, seed=seed, device=args.device, patience=10_000,
                       num_workers=args.workers, val_steps=args.val_steps,
-                      augment_preset=args.augment)  # fmt: skip
+                      augment_preset=args.augment, soft_classes=soft_classes)  # fmt: skip
     return train_model(dataset, out, cfg, progress=False)
 
 

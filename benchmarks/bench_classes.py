@@ -1,7 +1,7 @@
 """Image-oriented classes vs fine types vs no abstain class, scored on real held-back H&E.
 
     python benchmarks/bench_classes.py [--minutes 4 | --steps N] [--mpp 0.5] [--n-classes 3]
-        [--variants a t b c] [--device cpu|cuda] [--workers 0] [--out DIR]
+        [--variants a t b c s] [--taxonomy YAML] [--device cpu|cuda] [--workers 0] [--out DIR]
 
 The same CoNSeP split by source image and the same paired ST bundle as ``bench_accuracy.py``
 (realistic ST noise, real ST chain with kNN label transfer from the other half of the real
@@ -17,8 +17,12 @@ budget (``--steps`` or wall minutes) and LabelSet geometry (``--variants``, defa
 (b) the raw fine types (9 classes, same abstention), predictions collapsed to the 3 coarse
     classes by the default taxonomy for scoring;
 (c) the learned classes with no abstention: every cell forced into its best type's class
-    (no ``unknown``) and weight 1.
+    (no ``unknown``) and weight 1;
+(s) the learned classes with soft class targets: each nucleus's class target is its kNN
+    vote shares summed per class (``train --soft-classes``), low-confidence cells included.
 
+``--taxonomy YAML`` uses that taxonomy instead of learning one (the same classes for every
+seed, so seeds compare the training, not the taxonomy learning).
 Scored on the held-back CoNSeP patches at native resolution: F1c per CoNSeP class
 (HoVer-Net's F_c over detections paired within 3 µm; CoNSeP "other" nuclei count against the
 class they are predicted as), plus PQ and F1d. Each learned class is scored as the CoNSeP class
@@ -56,10 +60,11 @@ from sklearn.metrics import adjusted_rand_score
 from wsi_stnuc.annotated import load_consep
 from wsi_stnuc.classes import UNKNOWN, ClassTable, Taxonomy, load_taxonomy
 from wsi_stnuc.formats import LabelCols as L
+from wsi_stnuc.st.labels import apply_taxonomy
 from wsi_stnuc.synth.paired import DEFAULT_CLASS_TO_TYPES
 
 FIELD_UM = 64.0
-VARIANTS = ("a", "t", "b", "c")
+VARIANTS = ("a", "t", "b", "c", "s")
 TRUE_GROUP = {t: c for c, ts in DEFAULT_CLASS_TO_TYPES.items() if ts for t in ts}
 
 
@@ -101,7 +106,10 @@ def main() -> None:
     ap.add_argument("--n-classes", type=int, default=3, help="learn_taxonomy stopping rule")
     ap.add_argument("--crop-epochs", type=int, default=24, help="crop CNN epochs per CV fold")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                    help="a learned, t true partition, b fine types, c no abstain")  # fmt: skip
+                    help="a learned, t true partition, b fine types, c no abstain, "
+                         "s learned + soft targets")  # fmt: skip
+    ap.add_argument("--taxonomy", type=Path, default=None,
+                    help="use this taxonomy YAML for a, c, s instead of learning one")  # fmt: skip
     ap.add_argument("--held-fraction", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
@@ -121,11 +129,15 @@ def main() -> None:
     types = sorted(TRUE_GROUP)
     fine = ClassTable.from_names(types)
     learned = None
-    if {"a", "c"} & set(args.variants):
+    if {"a", "c", "s"} & set(args.variants):
         t0 = time.perf_counter()
-        learned = learn_classes(labels, st.bundle.slide, args)
-        print(f"learned taxonomy ({time.perf_counter() - t0:.0f} s, crop CNN CV on ST-typed "
-              f"cells, n_classes={args.n_classes}):")  # fmt: skip
+        if args.taxonomy is not None:
+            learned = load_taxonomy(args.taxonomy)
+            print(f"taxonomy from {args.taxonomy}:")
+        else:
+            learned = learn_classes(labels, st.bundle.slide, args)
+            print(f"learned taxonomy ({time.perf_counter() - t0:.0f} s, crop CNN CV on ST-typed "
+                  f"cells, n_classes={args.n_classes}):")  # fmt: skip
         for name in learned.classes.names:
             members = sorted(t for t, c in learned.mapping.items() if c == name)
             print(f"  {name}: {', '.join(members)}")
@@ -144,7 +156,11 @@ def main() -> None:
         if key == "b":
             return ("(b) fine types, collapsed", with_classes(labels, None, 0.2), fine,
                     consep_codes(fine, default))  # fmt: skip
-        return ("(c) learned, no abstain", with_classes(labels, learned, 0.0, unit_weight=True),
+        if key == "c":
+            return ("(c) learned, no abstain",
+                    with_classes(labels, learned, 0.0, unit_weight=True), learned.classes,
+                    learned_codes(learned, support))  # fmt: skip
+        return ("(s) learned, soft targets", apply_taxonomy(labels, learned, min_confidence=0.2),
                 learned.classes, learned_codes(learned, support))  # fmt: skip
 
     patch = int(round(FIELD_UM / args.mpp / 16)) * 16
@@ -154,7 +170,7 @@ def main() -> None:
         unknown = float((lab[L.IMAGE_CLASS] == UNKNOWN).mean())
         t0 = time.perf_counter()
         ds = st_dataset(st.bundle, lab, classes, args.mpp, patch, work / f"{key}.zarr")
-        ckpt = train(ds, work / f"model_{key}", args, args.seed)
+        ckpt = train(ds, work / f"model_{key}", args, args.seed, soft_classes=key == "s")
         scores = score_model(ckpt, held, threads=args.threads, code_of_class=codes,
                              device=args.device)  # fmt: skip
         steps = train_steps(ckpt)

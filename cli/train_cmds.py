@@ -18,23 +18,27 @@ _EXISTING = click.Path(exists=True, path_type=Path)
 @click.option("--patch", type=int, default=256, show_default=True, help="Patch size (model px).")
 @click.option("--stride", type=int, default=None, help="Patch step (model px; default: patch).")
 @click.option("--taxonomy", type=_EXISTING, default=None,
-              help="Taxonomy YAML whose classes to train (default: the LabelSet's class table).")  # fmt: skip
+              help="Taxonomy YAML (e.g. from 'wsi-stnuc taxonomy') to re-class the LabelSet "
+                   "with (default: the LabelSet's own classes).")  # fmt: skip
+@click.option("--min-confidence", type=float, default=0.2, show_default=True,
+              help="With --taxonomy: typing confidence below which a cell is unknown.")  # fmt: skip
 @click.option("--block-um", type=float, default=256.0, show_default=True,
               help="Side of the spatial blocks the train/val split draws.")  # fmt: skip
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--slide-mpp", type=float, default=None,
               help="Override the slide's level-0 µm/px (for files without it).")  # fmt: skip
-def dataset_cmd(slide, labels, out, mpp, patch, stride, taxonomy, block_um, val_fraction, seed,
-                slide_mpp) -> None:  # fmt: skip
+def dataset_cmd(slide, labels, out, mpp, patch, stride, taxonomy, min_confidence, block_um,
+                val_fraction, seed, slide_mpp) -> None:  # fmt: skip
     """Cut training patches (image + targets) around labelled nuclei into a zarr dataset."""
     from wsi_stnuc.classes import load_taxonomy
     from wsi_stnuc.dataset import build_patch_dataset, open_patch_dataset
-    from wsi_stnuc.st.labels import read_labelset
+    from wsi_stnuc.st.labels import apply_taxonomy, read_labelset
 
     gdf, classes = read_labelset(labels)
     if taxonomy is not None:
-        classes = load_taxonomy(taxonomy).classes
+        tax = load_taxonomy(taxonomy)
+        gdf, classes = apply_taxonomy(gdf, tax, min_confidence=min_confidence), tax.classes
     path = build_patch_dataset(
         slide, gdf, out, classes=classes, mpp=mpp, patch=patch, stride=stride,
         block_um=block_um, val_fraction=val_fraction, seed=seed, slide_mpp=slide_mpp,
@@ -64,6 +68,9 @@ def dataset_cmd(slide, labels, out, mpp, patch, stride, taxonomy, block_um, val_
 @click.option("--augment", "augment_preset", type=click.Choice(["strong", "light", "none"]),
               default="strong", show_default=True,
               help="Colour augmentation (strong: robust to other labs' stains).")  # fmt: skip
+@click.option("--soft-classes", is_flag=True,
+              help="Train the class head on the typing's class probabilities (soft targets) "
+                   "instead of hard classes; needs a dataset from a LabelSet with them.")  # fmt: skip
 @click.option("--patience", type=int, default=8, show_default=True,
               help="Epochs without validation PQ gain before stopping.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -71,8 +78,8 @@ def dataset_cmd(slide, labels, out, mpp, patch, stride, taxonomy, block_um, val_
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--resume", type=_EXISTING, default=None, help="Continue from a last.pt.")
 def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretrained, device,
-              max_minutes, max_steps, augment_preset, patience, seed, workers, threads,
-              resume) -> None:  # fmt: skip
+              max_minutes, max_steps, augment_preset, soft_classes, patience, seed, workers,
+              threads, resume) -> None:  # fmt: skip
     """Train the nucleus network on a patch dataset."""
     import pandas as pd
 
@@ -84,6 +91,7 @@ def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretr
         max_minutes=max_minutes, patience=patience, seed=seed, num_workers=workers,
         threads=threads, max_steps=max_steps, augment=augment_preset != "none",
         augment_preset="strong" if augment_preset == "none" else augment_preset,
+        soft_classes=soft_classes,
     )  # fmt: skip
     best = train_model(dataset, out, cfg, resume=resume)
     log = pd.read_csv(Path(out) / LOG)

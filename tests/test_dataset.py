@@ -132,3 +132,43 @@ def test_write_and_read_patch_dataset(tmp_path):
     shutil.rmtree(out / "cls_weight")
     old = PatchDataset(out, "val", augment=False)[0]
     assert float(old["cls_weight"].min()) == 1.0 and int(old["cls"][5, 10]) == 1
+
+
+def test_soft_class_maps_survive_augmentation(tmp_path):
+    """With prob_<class> columns the dataset keeps per-instance probabilities, and every
+    nucleus pixel of an augmented item carries its own instance's row."""
+    slide, labels = toy_slide(tmp_path)
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet([1.0, 1.0, 1.0], len(labels))[:, :2].astype(np.float32)
+    labels["prob_epithelial"], labels["prob_inflammatory"] = p[:, 0], p[:, 1]
+    out = build_patch_dataset(slide, labels, tmp_path / "ds.zarr", classes=CLASSES, mpp=0.5,
+                              patch=64, block_um=40.0)  # fmt: skip
+    root = open_patch_dataset(out)
+    offsets = root["class_probs_offset"][:]
+    assert len(offsets) == root["images"].shape[0] + 1
+    assert offsets[-1] == root["class_probs"].shape[0]
+    assert all(
+        root["inst"][i].max() == offsets[i + 1] - offsets[i] for i in range(len(offsets) - 1)
+    )
+    ds = PatchDataset(out, "train", augment=True, seed=5, soft_classes=True)
+    rows = {tuple(np.round(r, 5)) for r in p}
+    for i in range(len(ds)):
+        item = ds[i]
+        inst, soft = item["inst"].numpy(), item["cls_soft"].numpy()
+        assert soft.shape == (2, 64, 64)
+        assert np.all(soft[:, inst == 0] == 0)
+        for k in np.unique(inst[inst > 0]):
+            values = np.unique(soft[:, inst == k], axis=1)
+            assert values.shape[1] == 1 and tuple(np.round(values[:, 0], 5)) in rows
+    assert "cls_soft" not in PatchDataset(out, "train")[0]
+    # un-augmented: an instance's row is that of the label polygon under it
+    plain = PatchDataset(out, "train", augment=False, soft_classes=True)
+    item = plain[0]
+    inst, soft = item["inst"].numpy(), item["cls_soft"].numpy()
+    j = int(plain.indices[0])
+    x0, y0 = float(root["x0"][j]), float(root["y0"][j])
+    for k in np.unique(inst[inst > 0]):
+        rr, cc = np.nonzero(inst == k)
+        centre = shapely.points(x0 + (cc.mean() + 0.5) * 2.0, y0 + (rr.mean() + 0.5) * 2.0)
+        (row,) = labels.sindex.query(centre, predicate="within")
+        np.testing.assert_allclose(soft[:, rr[0], cc[0]], p[row], rtol=1e-6)

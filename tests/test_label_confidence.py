@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import pytest
 import shapely
 
-from wsi_stnuc.classes import UNKNOWN, ClassTable, Taxonomy
+from wsi_stnuc.classes import UNKNOWN
 from wsi_stnuc.crops import ArrayReader
 from wsi_stnuc.errors import InputError
-from wsi_stnuc.label_confidence import hematoxylin_support, label_weights, soft_class_targets
+from wsi_stnuc.label_confidence import hematoxylin_support, label_weights
 
 PINK = (235, 170, 200)  # eosin-ish background
 PURPLE = (70, 50, 140)  # hematoxylin-dark nucleus
@@ -72,28 +71,6 @@ def test_missing_columns_are_an_input_error():
     reader = ArrayReader(_slide_with_nuclei(NUCLEI), 0.25)
     with pytest.raises(InputError, match="confidence"):
         label_weights(_labels(NUCLEI).drop(columns="confidence"), reader)
-
-
-def test_soft_class_targets_sum_types_into_classes():
-    tax = Taxonomy(
-        ClassTable.from_names(["inflammatory", "spindle"]),
-        {"T": "inflammatory", "B": "inflammatory", "Fibro": "spindle", "Odd": UNKNOWN},
-    )
-    scores = pd.DataFrame(
-        {
-            "T": [0.5, 0.0, 0.0],
-            "B": [0.3, 0.0, 0.0],
-            "Fibro": [0.1, 0.5, 0.0],
-            "Odd": [0.1, 0.5, 1.0],
-        }
-    )
-    soft = soft_class_targets(scores, tax)
-    assert soft.shape == (3, 2)
-    assert np.allclose(soft, [[8 / 9, 1 / 9], [0, 1], [0, 0]])
-    raw = soft_class_targets(scores, tax, renormalise=False)
-    assert np.allclose(raw, [[0.8, 0.1], [0, 0.5], [0, 0]])
-    with pytest.raises(InputError):
-        soft_class_targets(-scores, tax)
 
 
 @pytest.mark.realdata

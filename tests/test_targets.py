@@ -107,3 +107,23 @@ def test_confidence_weights_the_class_only():
     assert t.cls_weight.shape == t.inst.shape and t.cls_weight.dtype == np.float32
     m = targets_from_instances(t.inst, {1: 1, 2: 2}, class_weight={1: 0.25})
     assert m.cls_weight[8, 8] == 0.25 and m.cls_weight[8, 24] == 1.0 and m.weight[8, 8] == 1.0
+
+
+def test_class_probabilities_follow_their_instances():
+    """prob_<class> columns become per-instance rows in instance order; polygons outside the
+    tile do not take a row; without all columns there are none."""
+    labels = labelset([
+        (shapely.box(200, 200, 210, 210), "epithelial", 1.0),  # outside the tile
+        (shapely.box(18, 2, 30, 14), "inflammatory", 1.0),
+        (shapely.box(2, 2, 14, 14), "epithelial", 1.0),
+    ])  # fmt: skip
+    labels["prob_epithelial"] = [0.9, 0.2, 0.6]
+    labels["prob_inflammatory"] = [0.1, 0.7, 0.3]
+    t = rasterize_targets(labels, 0, 0, 1.0, 1.0, (16, 32), CLASSES)
+    assert t.class_probs.shape == (2, 2) and t.class_probs.dtype == np.float32
+    np.testing.assert_allclose(t.class_probs[t.inst[8, 8] - 1], [0.6, 0.3])
+    np.testing.assert_allclose(t.class_probs[t.inst[8, 24] - 1], [0.2, 0.7])
+    assert rasterize_targets(labels.drop(columns="prob_inflammatory"), 0, 0, 1.0, 1.0, (16, 32),
+                             CLASSES).class_probs is None  # fmt: skip
+    empty = rasterize_targets(labels, 500, 500, 1.0, 1.0, (16, 32), CLASSES)
+    assert empty.class_probs.shape == (0, 2)

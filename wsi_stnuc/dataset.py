@@ -5,6 +5,10 @@ Layout of ``DS.zarr`` (a zarr group):
 * ``images`` N x P x P x 3 uint8; ``inst`` N x P x P int32; ``cls`` N x P x P uint8;
   ``hv`` N x 2 x P x P float32; ``weight`` and ``cls_weight`` N x P x P float32 (trust in
   the outline / in the class, :class:`~wsi_stnuc.targets.Targets`) — one patch per chunk;
+* optional soft class targets, when the LabelSet has ``prob_<class>`` columns:
+  ``class_probs`` M x K float32 (one row per instance of every patch, in patch order) and
+  ``class_probs_offset`` N + 1 int64 (patch ``i``'s instance ``j`` is row
+  ``offset[i] + j - 1``);
 * provenance arrays of length N: ``source`` (int32 index into ``attrs["sources"]``), ``x0``,
   ``y0`` (float64, level-0 top-left), ``block`` (int32 spatial block id, -1 if none) and
   ``split`` (uint8, 0 train / 1 val);
@@ -138,6 +142,8 @@ class _PatchWriter:
             for name, (shape, dtype, chunks) in specs.items()
         }
         self.patch = p
+        self.root = root
+        self.class_probs: list[np.ndarray | None] = [None] * n
 
     def write(self, i: int, image: np.ndarray, targets: Targets) -> None:
         if image.shape != (self.patch, self.patch, 3) or targets.inst.shape != image.shape[:2]:
@@ -148,6 +154,20 @@ class _PatchWriter:
         self.arrays["images"][i] = image.astype(np.uint8, copy=False)
         for name in TARGET_ARRAYS:
             self.arrays[name][i] = getattr(targets, name)
+        self.class_probs[i] = targets.class_probs
+
+    def finish(self) -> None:
+        """Write the per-instance class probabilities, if every patch has them."""
+        have = [p is not None for p in self.class_probs]
+        if not any(have):
+            return
+        if not all(have):
+            raise ValueError("class probabilities for some patches only")
+        counts = [len(p) for p in self.class_probs]
+        offset = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        table = np.concatenate(self.class_probs).astype(np.float32)
+        for name, values in (("class_probs", table), ("class_probs_offset", offset)):
+            self.root.create_array(name, shape=values.shape, dtype=values.dtype)[...] = values
 
 
 def _write_provenance(root, source, x0, y0, block, split) -> None:
@@ -209,6 +229,7 @@ def write_patch_dataset(
         writer = _PatchWriter(root, len(records), patch)
         for i, r in enumerate(records):
             writer.write(i, r["image"], r["targets"])
+        writer.finish()
         _write_provenance(
             root,
             [src_index[str(r.get("source", ""))] for r in records],
@@ -320,6 +341,7 @@ def build_patch_dataset(
                 t = rasterize_targets(labels, x0, y0, sx, sy, (patch, patch), classes)
                 t.weight *= _inside_mask(label_box, x0, y0, sx, sy, patch)
                 writer.write(i, image, t)
+            writer.finish()
             _write_provenance(root, np.zeros(len(origins)), origins[:, 0], origins[:, 1],
                               block, split)  # fmt: skip
             extra = {"block_um": block_size * mpp_x, "guard_um": guard_um, "stride": stride,
@@ -362,7 +384,9 @@ class PatchDataset:
     """Torch dataset over one split of a patch dataset.
 
     Items are dicts of tensors: ``image`` float32 3 x P x P in [0, 1], ``cls`` int64, ``hv``
-    float32 2 x P x P, ``weight`` float32, ``inst`` int32. With ``augment`` each item is
+    float32 2 x P x P, ``weight`` and ``cls_weight`` float32, ``inst`` int32; with
+    ``soft_classes`` also ``cls_soft`` float32 K x P x P (each nucleus pixel: its instance's
+    class probabilities; 0 on background). With ``augment`` each item is
     transformed by :func:`wsi_stnuc.augment.augment` with a generator seeded from
     ``(seed, epoch, index)`` — reproducible across runs and DataLoader workers; call
     :meth:`set_epoch` each epoch. Splits up to ``max_memory_mb`` are read into memory once.
@@ -377,6 +401,7 @@ class PatchDataset:
         config: AugmentConfig | None = None,
         seed: int = 0,
         max_memory_mb: float = 2048.0,
+        soft_classes: bool = False,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -401,6 +426,17 @@ class PatchDataset:
                 name: root[name].get_orthogonal_selection((sel,)) for name in self._arrays
             }
         self._root = None if self._cache is not None else root
+        self.soft_classes = bool(soft_classes)
+        self._probs = self._offsets = None
+        if "class_probs" in root:
+            self._probs = root["class_probs"][...]
+            self._offsets = root["class_probs_offset"][...]
+        elif self.soft_classes:
+            raise InputError(
+                self.path,
+                "no class probabilities in this dataset: build it from a LabelSet with "
+                "prob_<class> columns (typing with probabilities) to train on soft classes",
+            )
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -418,6 +454,9 @@ class PatchDataset:
         arrays["image"] = arrays.pop("images")
         if "cls_weight" not in arrays:
             arrays["cls_weight"] = np.ones_like(arrays["weight"])
+        if self._probs is not None:
+            j = int(self.indices[i])
+            arrays["class_probs"] = self._probs[self._offsets[j] : self._offsets[j + 1]]
         return arrays
 
     def __getitem__(self, i: int) -> dict:
@@ -427,7 +466,7 @@ class PatchDataset:
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, int(self.indices[i])))
             s = augment(s, rng, self.config)
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(s["image"].transpose(2, 0, 1)))
             .float()
             .div_(255.0),
@@ -437,3 +476,13 @@ class PatchDataset:
             "cls_weight": torch.from_numpy(np.ascontiguousarray(s["cls_weight"], dtype=np.float32)),
             "inst": torch.from_numpy(np.ascontiguousarray(s["inst"], dtype=np.int32)),
         }
+        if self.soft_classes:
+            item["cls_soft"] = torch.from_numpy(soft_class_map(s["inst"], s["class_probs"]))
+        return item
+
+
+def soft_class_map(inst: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
+    """K x H x W float32: each pixel of instance ``i`` gets row ``i - 1`` of ``class_probs``
+    (N x K); background 0. Built after augmentation, which keeps instance ids."""
+    lut = np.vstack([np.zeros((1, class_probs.shape[1]), np.float32), class_probs])
+    return np.ascontiguousarray(np.moveaxis(lut[inst], -1, 0), dtype=np.float32)

@@ -75,6 +75,11 @@ class LabelCols:
     IMAGE_CLASS = "image_class"
     CONFIDENCE = "confidence"
     WEIGHT = "weight"
+    # optional: typing probability of each fine type (``type_prob_<type>``, from typing
+    # methods that give probabilities) and their sums per image class (``prob_<class>``,
+    # not renormalised: the shortfall from 1 is the share on types mapped to ``unknown``)
+    TYPE_PROB_PREFIX = "type_prob_"
+    CLASS_PROB_PREFIX = "prob_"
 
 
 class NucleusCols:

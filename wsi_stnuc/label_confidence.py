@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from wsi_stnuc.classes import UNKNOWN, Taxonomy
+from wsi_stnuc.classes import UNKNOWN
 from wsi_stnuc.crops import SlideLike, iter_region_groups, open_reader
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.formats import LabelCols
@@ -169,27 +169,3 @@ def label_weights(
         },
         index=labels.index,
     )
-
-
-def soft_class_targets(
-    type_scores: pd.DataFrame, taxonomy: Taxonomy, *, renormalise: bool = True
-) -> np.ndarray:
-    """Soft class targets ``N x K`` (taxonomy class order) from per-type scores ``N x T``.
-
-    Scores (non-negative, e.g. typing probabilities; columns = fine types) are summed into the
-    classes their types map to; types mapped to ``unknown`` or absent from the taxonomy add
-    nothing. With ``renormalise`` rows sum to 1 (all-zero where every score is on unknown
-    types); without, a row's shortfall from its total score is the ``unknown`` share.
-    """
-    scores = type_scores.to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(scores)) or np.any(scores < 0):
-        raise InputError(None, "type scores must be finite and non-negative")
-    names = taxonomy.classes.names
-    member = np.zeros((scores.shape[1], len(names)))
-    for t, cell_type in enumerate(type_scores.columns):
-        cls = taxonomy.image_class(str(cell_type))
-        if cls != UNKNOWN:
-            member[t, names.index(cls)] = 1.0
-    out = scores @ member
-    denom = out.sum(axis=1, keepdims=True) if renormalise else scores.sum(axis=1, keepdims=True)
-    return np.divide(out, denom, out=np.zeros_like(out), where=denom > 0).astype(np.float32)

@@ -8,7 +8,7 @@ centre (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, centre ``(j + 0.5, i + 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
@@ -25,13 +25,16 @@ class Targets:
     """Targets of one tile: ``inst`` int32 (0 bg, 1..N), ``cls`` uint8 (0 bg, 1..K, 255
     ignore), ``hv`` float32 2 x H x W in [-1, 1], ``weight`` float32 H x W (trust in the
     outline: every loss term), ``cls_weight`` float32 H x W (trust in the class: the class
-    terms only, on top of ``weight``; 1 on background)."""
+    terms only, on top of ``weight``; 1 on background); ``class_probs`` float32 N x K or
+    ``None``: per instance (row ``i - 1`` for instance ``i``), the typing's probability of each
+    class (soft class targets; see :mod:`wsi_stnuc.st.labels`)."""
 
     inst: np.ndarray
     cls: np.ndarray
     hv: np.ndarray
     weight: np.ndarray
     cls_weight: np.ndarray
+    class_probs: np.ndarray | None = field(default=None)
 
 
 def hv_maps(inst: np.ndarray) -> np.ndarray:
@@ -92,14 +95,16 @@ def _finish(
     inst_class_weight: np.ndarray,
     band_px: float,
     boundary_weight: float,
+    inst_probs: np.ndarray | None = None,
 ) -> Targets:
     inst = inst.astype(np.int32, copy=False)
     cls = inst_class.astype(np.uint8)[inst]
     weight = _band_weight(inst, inst_weight.astype(np.float32), band_px, boundary_weight)
     class_lut = inst_class_weight.astype(np.float32)
     class_lut[0] = 1.0
+    probs = None if inst_probs is None else np.ascontiguousarray(inst_probs[1:], np.float32)
     return Targets(inst=inst, cls=cls, hv=hv_maps(inst), weight=weight,
-                   cls_weight=class_lut[inst])  # fmt: skip
+                   cls_weight=class_lut[inst], class_probs=probs)  # fmt: skip
 
 
 def rasterize_targets(
@@ -117,11 +122,12 @@ def rasterize_targets(
     """Targets for the tile of ``shape`` (H, W) model pixels at level-0 ``(x0, y0)``.
 
     ``labels`` is a LabelSet GeoDataFrame (level-0 polygons, ``image_class``, optional
-    ``weight`` and ``confidence``); only polygons its spatial index returns for the tile box are
-    drawn. Classes not in ``classes`` (``unknown`` included) become 255. Larger nuclei are drawn
+    ``weight``, ``confidence`` and ``prob_<class>`` columns); only polygons its spatial index
+    returns for the tile box are drawn. Classes not in ``classes`` (``unknown`` included) become 255. Larger nuclei are drawn
     first so a small overlapping one stays visible. ``weight`` (trust in the polygon): see
     :func:`_band_weight`; ``confidence`` (trust in the cell type) becomes ``cls_weight``; each
-    missing = 1.
+    missing = 1. ``prob_<class>`` columns for every class of ``classes`` become
+    ``class_probs`` (else it is ``None``).
     """
     h, w = int(shape[0]), int(shape[1])
     if LabelCols.IMAGE_CLASS not in labels.columns:
@@ -133,9 +139,15 @@ def rasterize_targets(
     inst_class = np.zeros(n + 1, np.uint8)
     inst_weight = np.ones(n + 1, np.float32)
     inst_class_weight = np.ones(n + 1, np.float32)
+    prob_cols = [f"{LabelCols.CLASS_PROB_PREFIX}{name}" for name in classes.names]
+    has_probs = all(c in labels.columns for c in prob_cols)
+    inst_probs = np.zeros((n + 1, classes.n_classes), np.float32) if has_probs else None
     if n == 0:
-        return _finish(inst, inst_class, inst_weight, inst_class_weight, band_px, boundary_weight)
+        return _finish(inst, inst_class, inst_weight, inst_class_weight, band_px, boundary_weight,
+                       inst_probs)  # fmt: skip
     sub = labels.iloc[idx]
+    if has_probs:
+        inst_probs[1:] = np.clip(sub[prob_cols].fillna(0.0).to_numpy(np.float32), 0.0, 1.0)
     inst_class[1:] = np.asarray(classes.ids_of(sub[LabelCols.IMAGE_CLASS].astype(str)), np.uint8)
     for lut, col in ((inst_weight, LabelCols.WEIGHT), (inst_class_weight, LabelCols.CONFIDENCE)):
         if col in sub.columns:
@@ -153,18 +165,19 @@ def rasterize_targets(
     for k, xy in zip(part_of[order], np.split(coords, splits), strict=True):
         rr, cc = draw_polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=(h, w))
         inst[rr, cc] = k + 1
-    inst = _relabel(inst, inst_class, inst_weight, inst_class_weight)
-    return _finish(*inst, band_px, boundary_weight)
+    inst, *per_instance = _relabel(inst, inst_class, inst_weight, inst_class_weight, inst_probs)
+    return _finish(inst, *per_instance[:3], band_px, boundary_weight, per_instance[3])
 
 
-def _relabel(inst: np.ndarray, *per_instance: np.ndarray):
-    """Renumber present instances 1..N and carry their per-instance values along."""
+def _relabel(inst: np.ndarray, *per_instance: np.ndarray | None):
+    """Renumber present instances 1..N and carry their per-instance values (rows) along;
+    ``None`` stays ``None``."""
     present = np.unique(inst)
     present = present[present > 0]
     lut = np.zeros(len(per_instance[0]), np.int32)
     lut[present] = np.arange(1, len(present) + 1)
     keep = np.concatenate([[0], present])
-    return lut[inst], *(values[keep] for values in per_instance)
+    return lut[inst], *(None if v is None else v[keep] for v in per_instance)
 
 
 def targets_from_instances(

@@ -44,7 +44,9 @@ class TrainConfig:
     many optimizer steps (the schedule then spans ``max_steps``, not ``epochs``); a step budget
     makes runs on different machines or under different loads comparable, a wall budget
     (``max_minutes``) does not. ``augment_preset``: ``"strong"`` (default) or ``"light"``
-    colour jitter (:class:`~wsi_stnuc.augment.AugmentConfig`).
+    colour jitter (:class:`~wsi_stnuc.augment.AugmentConfig`). ``soft_classes``: class
+    targets are the typing's class probabilities (the dataset's ``class_probs``) instead of
+    the hard classes; see :func:`~wsi_stnuc.model.losses.hovernet_loss`.
     """
 
     epochs: int = 30
@@ -70,6 +72,7 @@ class TrainConfig:
     threads: int | None = None
     max_steps: int | None = None
     augment_preset: str = "strong"
+    soft_classes: bool = False
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -135,6 +138,7 @@ def evaluate(model, dataset, device, batch_size: int = 8, amp: bool = False) -> 
             terms = hovernet_loss(
                 out, batch["cls"].to(device), batch["hv"].to(device), batch["weight"].to(device),
                 cls_weight=batch["cls_weight"].to(device),
+                cls_soft=batch["cls_soft"].to(device) if "cls_soft" in batch else None,
             )  # fmt: skip
             np_prob = out["np"].float().softmax(1)[:, 1].cpu().numpy()
             hv = out["hv"].float().cpu().numpy()
@@ -227,8 +231,9 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
     from wsi_stnuc.augment import AugmentConfig
 
     train_ds = PatchDataset(dataset_zarr, "train", augment=cfg.augment, seed=cfg.seed,
-                            config=AugmentConfig.preset(cfg.augment_preset))  # fmt: skip
-    val_ds = PatchDataset(dataset_zarr, "val", augment=False)
+                            config=AugmentConfig.preset(cfg.augment_preset),
+                            soft_classes=cfg.soft_classes)  # fmt: skip
+    val_ds = PatchDataset(dataset_zarr, "val", augment=False, soft_classes=cfg.soft_classes)
     if len(train_ds) == 0:
         raise InputError(dataset_zarr, "the dataset has no training patches")
     if len(val_ds) == 0:
@@ -305,7 +310,8 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 heads = model(batch["image"])
             terms = hovernet_loss(heads, batch["cls"], batch["hv"], batch["weight"],
-                                  cls_weight=batch["cls_weight"])  # fmt: skip
+                                  cls_weight=batch["cls_weight"],
+                                  cls_soft=batch.get("cls_soft"))  # fmt: skip
             opt.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
             scaler.step(opt)

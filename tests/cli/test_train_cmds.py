@@ -67,3 +67,47 @@ def test_train_on_a_foreign_folder_is_a_clean_error(tmp_path):
     res = CliRunner().invoke(cli, ["train", str(tmp_path / "notds"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "not a wsi-stnuc patch dataset" in res.output
+
+
+def test_dataset_with_a_taxonomy_then_soft_class_training(tmp_path):
+    """Types with probabilities, re-classed by a taxonomy YAML at dataset time, train with
+    --soft-classes; a dataset without probabilities refuses it cleanly."""
+    from wsi_stnuc.classes import Taxonomy
+    from wsi_stnuc.dataset import open_patch_dataset
+    from wsi_stnuc.st.labels import read_labelset, write_labelset
+
+    slide, plain = toy_inputs(tmp_path)
+    gdf, _ = read_labelset(plain)
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet([1.0, 1.0, 1.0], len(gdf)).astype(np.float32)
+    for j, t in enumerate(["T", "B", "Fibro"]):
+        gdf[f"type_prob_{t}"] = p[:, j]
+    gdf["cell_type"] = np.array(["T", "B", "Fibro"])[p.argmax(1)]
+    labels = write_labelset(gdf, tmp_path / "typed.parquet", CLASSES)
+    tax = Taxonomy(ClassTable.from_names(["lymphocyte", "spindle"]),
+                   {"T": "lymphocyte", "B": "lymphocyte", "Fibro": "spindle"})  # fmt: skip
+    tax.to_yaml(tmp_path / "tax.yaml")
+    runner = CliRunner()
+    ds = tmp_path / "ds.zarr"
+    res = runner.invoke(cli, ["dataset", "--slide", str(slide), "--labels", str(labels),
+                              "--out", str(ds), "--patch", "64", "--block-um", "40",
+                              "--taxonomy", str(tmp_path / "tax.yaml")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "lymphocyte, spindle" in res.output
+    root = open_patch_dataset(ds)
+    probs = root["class_probs"][:]
+    assert probs.shape[1] == 2 and set(np.unique(root["cls"][:])) <= {0, 1, 2}
+    # T + B merge into one class: its probability is their sum
+    assert np.isin(np.round(probs[:, 0], 4), np.round(p[:, 0] + p[:, 1], 4)).all()
+    train_args = ["--max-steps", "2", "--width", "8", "--depth", "2", "--batch-size", "2",
+                  "--threads", "1", "--device", "cpu", "--soft-classes"]  # fmt: skip
+    res = runner.invoke(cli, ["train", str(ds), "--out", str(tmp_path / "soft"), *train_args])
+    assert res.exit_code == 0, res.output
+    _, meta = load_checkpoint(tmp_path / "soft" / "best.pt", device="cpu")
+    assert meta["train_config"]["soft_classes"] is True
+    res = runner.invoke(cli, ["dataset", "--slide", str(slide), "--labels", str(plain),
+                              "--out", str(tmp_path / "plain.zarr"), "--patch", "64"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["train", str(tmp_path / "plain.zarr"), "--out",
+                              str(tmp_path / "no"), *train_args])  # fmt: skip
+    assert res.exit_code == 2 and "no class probabilities" in res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,47 @@ def test_class_weight_scales_class_terms_only():
         assert float(hovernet_loss(out, cls, hv, w, cls_weight=half)[key]) == pytest.approx(
             float(plain[key])
         )
+
+
+def test_one_hot_soft_targets_equal_hard_targets():
+    """A soft target that puts all of a nucleus on its class is the hard loss, the unknown
+    nucleus (no probabilities) included."""
+    out, cls, hv, w = setup()
+    soft = torch.zeros(2, 2, 16, 16)
+    soft[:, 0][cls == 1] = 1.0
+    hard = hovernet_loss(out, cls, hv, w)
+    as_soft = hovernet_loss(out, cls, hv, w, cls_soft=soft)
+    for key in ("tp_ce", "tp_dice", "np_ce", "hv_mse"):
+        assert float(as_soft[key]) == pytest.approx(float(hard[key]), rel=1e-5), key
+
+
+def test_soft_targets_teach_the_distribution():
+    """The class loss of a nucleus with target (0.7, 0.3) is lowest where the predicted class
+    distribution is (0.7, 0.3); its unknown share lowers its weight against other nuclei, and a
+    soft target replaces the hard class, so even an 'unknown' nucleus with probabilities
+    learns."""
+    _, cls, hv, w = setup()
+    soft = torch.zeros(2, 2, 16, 16)
+    soft[:, 0][cls == 1] = 0.7
+    soft[:, 1][cls == 1] = 0.3
+    soft[:, 1][cls == IGNORE_CLASS] = 0.5  # typed by probabilities though 'unknown'
+    fg = (cls > 0).long()
+
+    def loss_at(p1: float) -> float:
+        tp = torch.zeros(2, 3, 16, 16)
+        tp[:, 0] = torch.where(fg > 0, -20.0, 20.0)
+        tp[:, 1], tp[:, 2] = torch.log(torch.tensor(p1)), torch.log(torch.tensor(1 - p1))
+        out = {"np": torch.zeros(2, 2, 16, 16), "hv": hv.clone(), "tp": tp}
+        return float(hovernet_loss(out, cls, hv, w, cls_soft=soft)["tp_ce"])
+
+    grid = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
+    losses = [loss_at(p) for p in grid]
+    # the unknown-but-typed nucleus pulls towards class 2, so the optimum sits below 0.7
+    assert grid[int(np.argmin(losses))] in (0.5, 0.6)
+    soft_only_first = soft.clone()
+    soft_only_first[:, :, 9:14, 9:14] = 0.0
+    tp = torch.zeros(2, 3, 16, 16)
+    out = {"np": torch.zeros(2, 2, 16, 16), "hv": hv.clone(), "tp": tp.requires_grad_()}
+    hovernet_loss(out, cls, hv, w, cls_soft=soft_only_first)["total"].backward()
+    assert tp.grad[:, :, 9:14, 9:14].abs().max() == 0  # no probabilities: no class loss
+    assert tp.grad[:, :, 2:7, 2:7].abs().max() > 0

@@ -8,9 +8,16 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from wsi_stnuc.classes import UNKNOWN, load_taxonomy
+from wsi_stnuc.classes import UNKNOWN, ClassTable, Taxonomy, load_taxonomy
 from wsi_stnuc.errors import InputError
-from wsi_stnuc.st.celltype import image_classes, log_normalize, self_train, type_cells
+from wsi_stnuc.st.celltype import (
+    class_probabilities,
+    image_classes,
+    log_normalize,
+    self_train,
+    type_cells,
+    type_probabilities,
+)
 from wsi_stnuc.st.panels import Panel, load_panel, shipped_panels
 
 TOY_PANEL = Panel(
@@ -183,3 +190,40 @@ def test_image_classes_threshold():
         UNKNOWN,
         "connective",
     ]
+
+
+def test_class_probabilities_sum_types_into_classes():
+    tax = Taxonomy(
+        ClassTable.from_names(["inflammatory", "spindle"]),
+        {"T": "inflammatory", "B": "inflammatory", "Fibro": "spindle", "Odd": UNKNOWN},
+    )
+    scores = pd.DataFrame(
+        {
+            "T": [0.5, 0.0, 0.0],
+            "B": [0.3, 0.0, 0.0],
+            "Fibro": [0.1, 0.5, 0.0],
+            "Odd": [0.1, 0.5, 1.0],
+        }
+    )
+    soft = class_probabilities(scores, tax, renormalise=True)
+    assert soft.shape == (3, 2)
+    assert np.allclose(soft, [[8 / 9, 1 / 9], [0, 1], [0, 0]])
+    raw = class_probabilities(scores, tax)
+    assert np.allclose(raw, [[0.8, 0.1], [0, 0.5], [0, 0]])
+    with pytest.raises(InputError):
+        class_probabilities(-scores, tax)
+
+
+def test_typing_methods_give_type_probabilities(bundle, reference):
+    """Methods with probabilities carry them as type_prob_<type> columns (rows sum to 1, the
+    called type has the largest); marker scores without self-training are no probabilities."""
+    for method, kw in (("transfer", {"reference": reference}), ("panel", {"panel": TOY_PANEL}),
+                       ("cluster", {"panel": TOY_PANEL})):  # fmt: skip
+        out = type_cells(bundle.adata, method, **kw)
+        probs = type_probabilities(out)
+        assert probs is not None, method
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+        best = np.asarray(probs.columns)[probs.to_numpy().argmax(axis=1)]
+        assert (best == out["cell_type"].to_numpy()).all(), method
+    raw = type_cells(bundle.adata, "panel", panel=TOY_PANEL, refine=False, smooth_k=0)
+    assert type_probabilities(raw) is None

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
 import shapely
 
-from wsi_stnuc.classes import UNKNOWN, load_taxonomy
+from wsi_stnuc.classes import UNKNOWN, ClassTable, Taxonomy, load_taxonomy
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.st.align import apply_affine
-from wsi_stnuc.st.labels import build_labelset, read_labelset, write_labelset
+from wsi_stnuc.st.labels import apply_taxonomy, build_labelset, read_labelset, write_labelset
 from wsi_stnuc.st.panels import Panel
 
 PANEL = Panel(
@@ -88,3 +89,54 @@ def test_bad_inputs(bundle, tmp_path):
     bundle.nuclei.to_parquet(other)
     with pytest.raises(InputError, match="other.parquet.*not a wsi-stnuc LabelSet"):
         read_labelset(other)
+
+
+def test_type_and_class_probabilities_round_trip(bundle, tmp_path):
+    """Typing with probabilities puts type_prob_<type> and prob_<class> columns into the
+    LabelSet (class = sum of its types) and they survive writing and reading."""
+    tax = load_taxonomy()
+    labels, _ = build_labelset(bundle, None, A, tax, panel=PANEL, smooth_k=10, refine=False)
+    type_cols = [f"type_prob_{t}" for t in PANEL.types]
+    class_cols = [f"prob_{c}" for c in tax.classes.names]
+    assert set(type_cols + class_cols) <= set(labels.columns)
+    for t in PANEL.types:
+        cls = tax.mapping[t]
+        assert (labels[f"prob_{cls}"] >= labels[f"type_prob_{t}"] - 1e-6).all()
+    np.testing.assert_allclose(labels[type_cols].sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(labels[class_cols].sum(axis=1), 1.0, rtol=1e-5)
+    back, _ = read_labelset(write_labelset(labels, tmp_path / "l.parquet", tax.classes))
+    np.testing.assert_allclose(back[class_cols].to_numpy(), labels[class_cols].to_numpy())
+    other = ClassTable.from_names(["x"])
+    with pytest.raises(InputError, match="class probability columns"):
+        write_labelset(labels.assign(image_class="x"), tmp_path / "bad.parquet", other)
+
+
+def test_apply_taxonomy_reclasses_and_keeps_cells_set_aside():
+    labels = gpd.GeoDataFrame(
+        {
+            "cell_id": ["a", "b", "c", "d", "e"],
+            "cell_type": ["T", "B", "B", "Mast", "T"],
+            "image_class": ["inflammatory", "inflammatory", UNKNOWN, UNKNOWN, "inflammatory"],
+            "confidence": [0.9, 0.9, 0.9, 0.9, 0.1],
+            "weight": 1.0,
+            "type_prob_T": [0.9, 0.05, 0.1, 0.0, 0.5],
+            "type_prob_B": [0.05, 0.9, 0.8, 0.1, 0.4],
+            "type_prob_Mast": [0.05, 0.05, 0.1, 0.9, 0.1],
+            "prob_inflammatory": [0.95, 0.95, 0.9, 0.1, 0.9],
+        },
+        geometry=shapely.points(np.arange(10).reshape(5, 2)),
+    )
+    tax = Taxonomy(ClassTable.from_names(["T_cell", "B_cell", "mast"]),
+                   {"T": "T_cell", "B": "B_cell", "Mast": "mast"})  # fmt: skip
+    out = apply_taxonomy(labels, tax, min_confidence=0.2)
+    # c: B cells elsewhere have a class, so c was set aside for itself; d: Mast had no class
+    # before (unmapped type), now it has one; e: below the confidence floor
+    assert list(out["image_class"]) == ["T_cell", "B_cell", UNKNOWN, "mast", UNKNOWN]
+    assert "prob_inflammatory" not in out and isinstance(out, gpd.GeoDataFrame)
+    np.testing.assert_allclose(out["prob_B_cell"], labels["type_prob_B"], rtol=1e-6)
+    assert list(labels["image_class"])[2] == UNKNOWN  # the input is untouched
+    merged = Taxonomy(ClassTable.from_names(["lymphocyte"]),
+                      {"T": "lymphocyte", "B": "lymphocyte", "Mast": UNKNOWN})  # fmt: skip
+    out = apply_taxonomy(labels, merged)
+    np.testing.assert_allclose(out["prob_lymphocyte"], [0.95, 0.95, 0.9, 0.1, 0.9], rtol=1e-6)
+    assert list(out["image_class"]) == ["lymphocyte", "lymphocyte", UNKNOWN, UNKNOWN, UNKNOWN]

@@ -5,6 +5,8 @@
   gradients inside nuclei (it sharpens the borders the watershed relies on);
 * ``tp`` (classes): cross-entropy + soft Dice over classes 0..K, with ``IGNORE_CLASS`` (255)
   pixels -- nuclei of ``unknown`` class -- left out; they still count for ``np`` and ``hv``.
+  With soft class targets (``cls_soft``) a nucleus pixel's target is its typing's class
+  distribution instead, weighted by the share of it on trainable classes.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def hovernet_loss(
     weight: torch.Tensor,
     weights: LossWeights = LossWeights(),
     cls_weight: torch.Tensor | None = None,
+    cls_soft: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss terms and their weighted sum ``total``.
 
@@ -73,6 +76,14 @@ def hovernet_loss(
     ``cls_weight`` N x H x W (optional) scales the class terms of nucleus pixels on top (trust
     in the type, normalised to mean 1 over the batch's typed nuclei), so a cell of doubtful
     type still teaches the outline in full.
+
+    ``cls_soft`` N x K x H x W (optional): soft class targets, each nucleus pixel holding its
+    cell's class probabilities (summing to ``s <= 1``; the rest is on types mapped to
+    ``unknown``). It replaces ``cls`` and ``cls_weight`` in the class terms: a nucleus pixel's
+    target is the distribution renormalised to 1 and its class weight is ``s`` (normalised as
+    above), so a cell split between two types of one class teaches that class in full, one
+    split between classes teaches both, and one mostly on unknown types teaches little.
+    Nucleus pixels with ``s = 0`` are left out of the class terms.
     """
     out = {k: v.float() for k, v in out.items()}
     cls = cls.long()
@@ -90,22 +101,30 @@ def hovernet_loss(
     grad_err = (ph - th).pow(2) + (pv - tv).pow(2)
     hv_msge = _weighted_mean(grad_err, w1 * fg.unsqueeze(1))
 
-    known = (cls != IGNORE_CLASS).float()
-    wk = w * known
-    if cls_weight is not None:
+    n_tp = out["tp"].shape[1]
+    if cls_soft is None:
+        cls_safe = torch.where(cls == IGNORE_CLASS, torch.zeros_like(cls), cls)
+        target = F.one_hot(cls_safe, n_tp).permute(0, 3, 1, 2).float()
+        typed = fg & (cls != IGNORE_CLASS)
+        cw = cls_weight.float() if cls_weight is not None else None
+    else:
+        share = cls_soft.float().sum(1)
+        typed = fg & (share > 0)
+        dist = cls_soft.float() / share.clamp_min(_EPS).unsqueeze(1)
+        target = torch.cat([(~fg).float().unsqueeze(1), dist * typed.unsqueeze(1)], dim=1)
+        cw = share
+    wk = w * (~fg | typed).float()
+    if cw is not None:
         # Relative trust among nuclei, mean 1 over the batch's typed nuclei: scaling nuclei
         # against the background (weight 1) would teach "nucleus vs background" at the cost
         # of the types, and a LabelSet whose cells all have confidence 0.5 would learn its
         # classes at half strength.
-        cw = cls_weight.float()
-        typed = (fg & (cls != IGNORE_CLASS)).float()
-        mean = (cw * typed).sum() / typed.sum().clamp_min(1.0)
-        wk = wk * torch.where(typed > 0, cw / mean.clamp_min(_EPS), torch.ones_like(cw))
-    n_tp = out["tp"].shape[1]
-    cls_safe = torch.where(cls == IGNORE_CLASS, torch.zeros_like(cls), cls)
-    tp_ce = _weighted_mean(F.cross_entropy(out["tp"], cls_safe, reduction="none"), wk)
-    onehot = F.one_hot(cls_safe, n_tp).permute(0, 3, 1, 2).float()
-    tp_dice = _soft_dice(out["tp"].softmax(1), onehot, wk.unsqueeze(1))
+        typed_f = typed.float()
+        mean = (cw * typed_f).sum() / typed_f.sum().clamp_min(1.0)
+        wk = wk * torch.where(typed, cw / mean.clamp_min(_EPS), torch.ones_like(cw))
+    log_prob = out["tp"].log_softmax(1)
+    tp_ce = _weighted_mean(-(target * log_prob).sum(1), wk)
+    tp_dice = _soft_dice(log_prob.exp(), target, wk.unsqueeze(1))
 
     terms = {
         "np_ce": np_ce, "np_dice": np_dice, "hv_mse": hv_mse,

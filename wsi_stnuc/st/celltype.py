@@ -1,7 +1,10 @@
 """Cell typing from expression, three ways: marker panel, clustering + marker vote, label
 transfer from a labelled reference. Each returns a DataFrame indexed by ``cell_id`` with
 ``cell_type`` (str), ``score`` (method-specific strength of the call) and ``confidence``
-(0..1: how much the best type beats the second one).
+(0..1: how much the best type beats the second one); methods that give per-type
+probabilities (``panel`` and ``cluster`` with ``refine``, ``transfer``) add one column per
+type, ``type_prob_<type>`` (:data:`wsi_stnuc.formats.LabelCols.TYPE_PROB_PREFIX`), rows
+summing to 1 -- the source of soft class targets.
 
 Normalisation: counts scaled per cell and ``log1p`` (cells with no counts stay 0), then each
 gene centred and divided by its standard deviation, clipped to ``[-10, 10]`` (as scanpy's
@@ -46,6 +49,7 @@ import scipy.sparse as sp
 
 from wsi_stnuc.classes import UNKNOWN, Taxonomy
 from wsi_stnuc.errors import InputError
+from wsi_stnuc.formats import LabelCols
 from wsi_stnuc.st.panels import Panel, load_panel
 
 log = logging.getLogger(__name__)
@@ -202,7 +206,8 @@ def type_by_panel(
     scores = _scores_from(xn, adata, panel)
     if refine:
         probs = _self_train(xn, scores, smooth_k=smooth_k, seed=seed)
-        return _from_scores(probs, min_score)
+        # self-training that found too few seeds hands back the raw scores: no probabilities
+        return _from_scores(probs, min_score, with_probs=probs is not scores)
     if smooth_k > 1 and adata.n_obs > SMOOTH_MAX_CELLS:
         # An exact kNN search in 20-D costs minutes beyond ~10^5 cells (the kd-tree degrades
         # to brute force); rather than stall, type per cell and say so.
@@ -333,15 +338,36 @@ def _self_train(
     return pd.DataFrame(out, index=scores.index, columns=scores.columns)
 
 
-def _from_scores(scores: pd.DataFrame, min_score: float) -> pd.DataFrame:
+def _from_scores(
+    scores: pd.DataFrame, min_score: float, *, with_probs: bool = False
+) -> pd.DataFrame:
+    """The calls from per-type scores; ``with_probs``: the scores are probabilities, kept as
+    ``type_prob_<type>`` columns."""
     best, score, conf = _margin_confidence(scores.to_numpy(np.float64))
     types = np.asarray(scores.columns, dtype=object)[best]
     low = score < min_score
     types[low] = UNASSIGNED
     conf = np.where(low, 0.0, conf)
-    return pd.DataFrame(
-        {"cell_type": types, "score": score, "confidence": conf}, index=scores.index
-    )
+    out = pd.DataFrame({"cell_type": types, "score": score, "confidence": conf}, index=scores.index)
+    return with_type_probs(out, scores) if with_probs else out
+
+
+def with_type_probs(calls: pd.DataFrame, probs: pd.DataFrame) -> pd.DataFrame:
+    """``calls`` with one ``type_prob_<type>`` column (float32) per column of ``probs``."""
+    cols = {
+        f"{LabelCols.TYPE_PROB_PREFIX}{t}": probs[t].to_numpy(np.float32) for t in probs.columns
+    }
+    return pd.concat([calls, pd.DataFrame(cols, index=calls.index)], axis=1)
+
+
+def type_probabilities(types: pd.DataFrame) -> pd.DataFrame | None:
+    """The ``type_prob_<type>`` columns of a typing result or LabelSet, renamed to the bare
+    type names (``None`` when there are none)."""
+    prefix = LabelCols.TYPE_PROB_PREFIX
+    cols = [c for c in types.columns if isinstance(c, str) and c.startswith(prefix)]
+    if not cols:
+        return None
+    return types[cols].rename(columns=lambda c: c[len(prefix) :])
 
 
 # --------------------------------------------------------------------------- clustering
@@ -446,7 +472,8 @@ def type_by_clusters(
     per_cluster = sums / counts[:, None]
     if refine:
         cell_level = pd.DataFrame(per_cluster[codes], index=scores.index, columns=scores.columns)
-        out = _from_scores(_self_train(xn, cell_level, smooth_k=0, seed=seed), min_score)
+        probs = _self_train(xn, cell_level, smooth_k=0, seed=seed)
+        out = _from_scores(probs, min_score, with_probs=probs is not cell_level)
     else:
         named = _from_scores(pd.DataFrame(per_cluster, columns=scores.columns), min_score)
         out = named.iloc[codes].set_index(scores.index)
@@ -497,7 +524,7 @@ def type_by_transfer(
     best = votes.argmax(axis=1)
     padded = np.hstack([np.zeros((len(votes), 1)), votes])  # a runner-up of 0 for one type
     top2 = np.sort(padded, axis=1)[:, -2:]
-    return pd.DataFrame(
+    calls = pd.DataFrame(
         {
             "cell_type": np.asarray(type_names, dtype=object)[best],
             "score": top2[:, 1],
@@ -505,6 +532,7 @@ def type_by_transfer(
         },
         index=adata.obs_names.astype(str),
     )
+    return with_type_probs(calls, pd.DataFrame(votes, columns=list(type_names)))
 
 
 # --------------------------------------------------------------------------- front door
@@ -555,3 +583,26 @@ def image_classes(
 def map_to_classes(cell_types: pd.Series, taxonomy: Taxonomy) -> pd.Series:
     """Taxonomy class of each type (``unknown`` when unmapped); a hashed lookup, no loop."""
     return cell_types.astype(str).map(taxonomy.mapping).fillna(UNKNOWN).astype(object)
+
+
+def class_probabilities(
+    type_probs: pd.DataFrame, taxonomy: Taxonomy, *, renormalise: bool = False
+) -> np.ndarray:
+    """Per-class probabilities ``N x K`` (taxonomy class order) from per-type ones ``N x T``
+    (columns = fine types; non-negative).
+
+    A class's probability is the sum over the types it merges -- a cell split 50/50 between
+    T and B cells is a sure lymphocyte. Types mapped to ``unknown`` or absent from the taxonomy
+    add nothing, so without ``renormalise`` a row's shortfall from its total is the
+    ``unknown`` share; with it, rows sum to 1 (all-zero where everything is on unknown types).
+    """
+    probs = type_probs.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(probs)) or np.any(probs < 0):
+        raise InputError(None, "type probabilities must be finite and non-negative")
+    names = taxonomy.classes.names
+    member = np.zeros((probs.shape[1], len(names)))
+    codes = pd.Index(names).get_indexer(map_to_classes(pd.Series(type_probs.columns), taxonomy))
+    member[np.flatnonzero(codes >= 0), codes[codes >= 0]] = 1.0
+    out = probs @ member
+    denom = out.sum(axis=1, keepdims=True) if renormalise else probs.sum(axis=1, keepdims=True)
+    return np.divide(out, denom, out=np.zeros_like(out), where=denom > 0).astype(np.float32)

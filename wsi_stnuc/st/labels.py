@@ -6,7 +6,10 @@ the typing confidence) and ``weight`` (0-1, trust in the polygon: 1 here, lowere
 :func:`wsi_stnuc.label_confidence.label_weights`). Every polygon is drawn into the training
 targets whatever its weights; ``wsi_stnuc.targets`` turns ``weight`` into the per-pixel weight
 of every loss term (inside the nucleus and in a band around its outline) and ``confidence``
-into the weight of the class terms. Saved as GeoParquet with the class table and provenance in
+into the weight of the class terms. When the typing gives probabilities, optional columns
+``type_prob_<type>`` (per fine type) and ``prob_<class>`` (their sums per image class under the
+taxonomy; :func:`wsi_stnuc.st.celltype.class_probabilities`) carry them: the soft class
+targets of ``wsi-stnuc train --soft-classes``. Saved as GeoParquet with the class table and provenance in
 the ``wsi_stnuc`` metadata key: ``{"kind": "labelset", "classes": ClassTable.to_dict(), ...}``.
 """
 
@@ -27,7 +30,14 @@ from wsi_stnuc.errors import InputError
 from wsi_stnuc.formats import LabelCols as L
 from wsi_stnuc.st.align import apply_affine, check_affine, transform_geometries
 from wsi_stnuc.st.bundle import STBundle
-from wsi_stnuc.st.celltype import Method, image_classes, map_to_classes, type_cells
+from wsi_stnuc.st.celltype import (
+    Method,
+    class_probabilities,
+    image_classes,
+    map_to_classes,
+    type_cells,
+    type_probabilities,
+)
 from wsi_stnuc.st.panels import Panel
 from wsi_stnuc.st.qc import QCReport, qc_cells
 
@@ -35,6 +45,21 @@ log = logging.getLogger(__name__)
 
 LABELSET_KIND = "labelset"
 COLUMNS = (L.CELL_ID, L.CELL_TYPE, L.IMAGE_CLASS, L.CONFIDENCE, L.WEIGHT, L.GEOMETRY)
+
+
+def class_prob_columns(classes: ClassTable) -> list[str]:
+    """The LabelSet's ``prob_<class>`` column names, in class-table order."""
+    return [f"{L.CLASS_PROB_PREFIX}{name}" for name in classes.names]
+
+
+def _prob_columns(labels: pd.DataFrame) -> list[str]:
+    prefixes = (L.TYPE_PROB_PREFIX, L.CLASS_PROB_PREFIX)
+    return [c for c in labels.columns if isinstance(c, str) and c.startswith(prefixes)]
+
+
+def _class_prob_frame(type_probs: pd.DataFrame, taxonomy: Taxonomy, index) -> pd.DataFrame:
+    values = class_probabilities(type_probs, taxonomy)
+    return pd.DataFrame(values, index=index, columns=class_prob_columns(taxonomy.classes))
 
 
 @dataclass
@@ -186,6 +211,18 @@ def build_labelset(
         },
         geometry=geoms,
     )
+    type_probs = type_probabilities(types)
+    if type_probs is not None:
+        probs = type_probs.iloc[pos]
+        probs.index = labels.index
+        labels = pd.concat(
+            [
+                labels,
+                probs.add_prefix(L.TYPE_PROB_PREFIX),
+                _class_prob_frame(probs, taxonomy, labels.index),
+            ],
+            axis=1,
+        )
     mapped = map_to_classes(types["cell_type"], taxonomy)
     unmapped = int((mapped == UNKNOWN).sum())
     low = int(((mapped != UNKNOWN) & (classes == UNKNOWN)).sum())
@@ -223,8 +260,46 @@ def write_labelset(
             path,
             f"image classes not in the class table: {sorted(labels[L.IMAGE_CLASS][bad].unique())}",
         )
+    class_probs = [c for c in _prob_columns(labels) if c.startswith(L.CLASS_PROB_PREFIX)]
+    if class_probs and class_probs != class_prob_columns(classes):
+        raise InputError(
+            path,
+            f"class probability columns {class_probs} do not match the class table "
+            f"{list(classes.names)}: re-class the LabelSet with apply_taxonomy",
+        )
     meta = {"kind": LABELSET_KIND, "classes": classes.to_dict(), **(extra or {})}
-    return write_geoparquet(labels[list(COLUMNS)], path, metadata=meta)
+    keep = [*COLUMNS[:-1], *_prob_columns(labels), L.GEOMETRY]
+    return write_geoparquet(labels[keep], path, metadata=meta)
+
+
+def apply_taxonomy(
+    labels: gpd.GeoDataFrame, taxonomy: Taxonomy, *, min_confidence: float = 0.2
+) -> gpd.GeoDataFrame:
+    """The LabelSet re-classed under ``taxonomy`` (e.g. one learned by ``wsi-stnuc taxonomy``).
+
+    ``image_class`` becomes the taxonomy's class of ``cell_type`` (``unknown`` below
+    ``min_confidence``). A cell the LabelSet made ``unknown`` although other cells of its type
+    have a class was set aside for itself (low confidence, polygon off its nucleus:
+    :func:`wsi_stnuc.label_confidence.label_weights`) and stays ``unknown``; cells of a type
+    the old taxonomy left unmapped get the new one's class. ``prob_<class>`` columns are
+    recomputed from the ``type_prob_<type>`` ones (dropped when there are none).
+    """
+    for col in (L.CELL_TYPE, L.IMAGE_CLASS, L.CONFIDENCE):
+        if col not in labels.columns:
+            raise InputError(None, f"LabelSet lacks the '{col}' column")
+    types = labels[L.CELL_TYPE].astype(str)
+    was_unknown = (labels[L.IMAGE_CLASS] == UNKNOWN).to_numpy()
+    classed_types = types[~was_unknown].unique()
+    set_aside = was_unknown & types.isin(classed_types).to_numpy()
+    confident = labels[L.CONFIDENCE].fillna(0.0).to_numpy() >= min_confidence
+    mapped = map_to_classes(types, taxonomy).to_numpy(object)
+    out = labels.drop(columns=[c for c in _prob_columns(labels)
+                               if c.startswith(L.CLASS_PROB_PREFIX)])  # fmt: skip
+    out[L.IMAGE_CLASS] = np.where(confident & ~set_aside, mapped, UNKNOWN)
+    type_probs = type_probabilities(labels)
+    if type_probs is None:
+        return out
+    return pd.concat([out, _class_prob_frame(type_probs, taxonomy, out.index)], axis=1)
 
 
 def read_labelset(path: str | Path) -> tuple[gpd.GeoDataFrame, ClassTable]:
