@@ -277,8 +277,8 @@ def labels(
 
             lw = label_weights(gdf, reader, min_confidence=min_confidence)
             was_known = gdf[L.IMAGE_CLASS] != UNKNOWN
-            gdf[L.WEIGHT] = lw[L.WEIGHT].to_numpy()
-            gdf[L.IMAGE_CLASS] = lw[L.IMAGE_CLASS].to_numpy()
+            for col in lw.columns.drop("h_support"):  # weight, class, class probabilities
+                gdf[col] = lw[col].to_numpy()
             lost = int((was_known & (gdf[L.IMAGE_CLASS] == UNKNOWN)).sum())
             click.echo(f"H&E support: mean polygon weight {gdf[L.WEIGHT].mean():.2f}; "
                        f"{lost} polygons off their nucleus -> unknown")  # fmt: skip

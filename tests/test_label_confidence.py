@@ -50,6 +50,10 @@ def test_polygon_on_background_loses_its_weight():
     assert out["image_class"].iloc[5] == UNKNOWN
     assert np.all(out["image_class"].iloc[:5] == "inflammatory")
     assert out["h_support"].iloc[5] < 0.2 * out["h_support"].iloc[:5].min()
+    # soft class targets: the polygon off its nucleus loses them, the others keep them
+    labels["prob_inflammatory"] = np.float32(0.8)
+    probs = label_weights(labels, reader, mpp=0.5)["prob_inflammatory"].to_numpy()
+    np.testing.assert_allclose(probs, [0.8] * 5 + [0.0], rtol=1e-6)
 
 
 def test_half_registered_polygon_has_less_support_than_a_centred_one():
@@ -65,6 +69,7 @@ def test_low_confidence_makes_class_unknown_but_keeps_weight():
     out = label_weights(_labels(NUCLEI, confidence=conf), reader, min_confidence=0.5, mpp=0.5)
     assert out["image_class"].tolist()[1] == UNKNOWN
     assert out["weight"].iloc[1] > 0.9
+    assert "prob_inflammatory" not in out  # none in, none out
 
 
 def test_missing_columns_are_an_input_error():

@@ -136,6 +136,9 @@ def label_weights(
     ``min_h_weight``: such a polygon is probably not on the nucleus its type belongs to).
     ``h_scale`` defaults to half the median ``h_support`` of the slide's cells (at least
     :data:`MIN_H_SCALE`): a polygon with half the typical nucleus contrast gets full weight.
+    The LabelSet's ``prob_<class>`` columns (soft class targets), if any, come back with the
+    rows of polygons off their nucleus zeroed: low typing confidence alone keeps them, as the
+    probabilities already say how doubtful the type is.
     """
     for col in (LabelCols.IMAGE_CLASS, LabelCols.CONFIDENCE):
         if col not in labels.columns:
@@ -159,9 +162,10 @@ def label_weights(
         else np.ones(len(labels))
     )
     confidence = labels[LabelCols.CONFIDENCE].fillna(0.0).to_numpy(dtype=np.float64)
+    off_nucleus = w_h < min_h_weight
     image_class = labels[LabelCols.IMAGE_CLASS].astype(str).to_numpy().copy()
-    image_class[(confidence < min_confidence) | (w_h < min_h_weight)] = UNKNOWN
-    return pd.DataFrame(
+    image_class[(confidence < min_confidence) | off_nucleus] = UNKNOWN
+    out = pd.DataFrame(
         {
             LabelCols.WEIGHT: (base * w_h).astype(np.float32),
             "h_support": support.astype(np.float32),
@@ -169,3 +173,7 @@ def label_weights(
         },
         index=labels.index,
     )
+    for col in labels.columns:
+        if isinstance(col, str) and col.startswith(LabelCols.CLASS_PROB_PREFIX):
+            out[col] = np.where(off_nucleus, 0.0, labels[col].to_numpy(np.float32))
+    return out
