@@ -87,15 +87,18 @@ def partition_ari(taxonomy: Taxonomy, types: list[str]) -> float:
     return adjusted_rand_score([TRUE_GROUP[t] for t in types], learned)
 
 
-def learn_classes(labels, slide, args) -> Taxonomy:
-    """bench_taxonomy's approach on the ST-typed LabelSet: 32-px crops at 0.5 µm/px, crop CNN
-    with spatial-block CV, then :func:`learn_taxonomy` with ``n_classes``."""
+def learn_classes(labels, slide, args, work: Path) -> Taxonomy:
+    """bench_taxonomy's approach on the ST-typed LabelSet: 32-px crops at 0.5 µm/px of cells
+    typed with confidence >= ``--crop-confidence``, crop CNN with spatial-block CV, then
+    :func:`learn_taxonomy` with ``n_classes``. The confusion goes to ``work/confusion.csv``
+    (``bench_taxonomy.py --confusion`` replays the learning from it)."""
     from wsi_stnuc.crop_classifier import image_confusion
     from wsi_stnuc.taxonomy_learn import learn_taxonomy
 
-    cv = image_confusion([(labels, slide)], mpp=0.5, size=32, min_confidence=0.2,
+    cv = image_confusion([(labels, slide)], mpp=0.5, size=32, min_confidence=args.crop_confidence,
                          epochs=args.crop_epochs, seed=args.seed, threads=args.threads,
                          device=args.device)  # fmt: skip
+    cv.confusion.to_csv(work / "confusion.csv")
     return learn_taxonomy(cv.confusion, n_classes=args.n_classes).taxonomy
 
 
@@ -110,6 +113,17 @@ def main() -> None:
                          "s learned + soft targets")  # fmt: skip
     ap.add_argument("--taxonomy", type=Path, default=None,
                     help="use this taxonomy YAML for a, c, s instead of learning one")  # fmt: skip
+    ap.add_argument(
+        "--crop-confidence",
+        type=float,
+        default=0.2,
+        help="typing confidence floor of the cells the crop CNN learns from",
+    )
+    ap.add_argument(
+        "--taxonomy-only",
+        action="store_true",
+        help="learn the taxonomy, print its ARI and stop (no networks)",
+    )
     ap.add_argument("--held-fraction", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
@@ -129,13 +143,13 @@ def main() -> None:
     types = sorted(TRUE_GROUP)
     fine = ClassTable.from_names(types)
     learned = None
-    if {"a", "c", "s"} & set(args.variants):
+    if {"a", "c", "s"} & set(args.variants) or args.taxonomy_only:
         t0 = time.perf_counter()
         if args.taxonomy is not None:
             learned = load_taxonomy(args.taxonomy)
             print(f"taxonomy from {args.taxonomy}:")
         else:
-            learned = learn_classes(labels, st.bundle.slide, args)
+            learned = learn_classes(labels, st.bundle.slide, args, work)
             print(f"learned taxonomy ({time.perf_counter() - t0:.0f} s, crop CNN CV on ST-typed "
                   f"cells, n_classes={args.n_classes}):")  # fmt: skip
         for name in learned.classes.names:
@@ -144,7 +158,9 @@ def main() -> None:
         print(
             f"  unknown: {', '.join(t for t in types if learned.mapping.get(t) in (None, UNKNOWN))}"
         )
-        print(f"  ARI vs true partition: {partition_ari(learned, types):.3f}")
+        print(f"  ARI vs true partition: {partition_ari(learned, types):.3f}", flush=True)
+    if args.taxonomy_only:
+        return
 
     def variant(key: str) -> tuple[str, object, ClassTable, dict[int, int]]:
         if key == "a":
