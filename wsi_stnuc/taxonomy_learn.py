@@ -9,7 +9,10 @@ tell apart:
 2. repeatedly take the pair of classes with the highest symmetric confusion
    ``R_ij + R_ji`` (``R`` = row-normalised counts) and merge them (counts add up), until every
    class reaches ``min_f1`` (F1 from the merged counts) or ``n_classes`` remain (never fewer
-   than ``min_classes``);
+   than ``min_classes``). Merging also stops when that pair is two classes the image does
+   recognise (F1 at least ``unknown_f1``) and the targets are already met by the recognised
+   classes alone: the rest abstain in step 4 anyway, and merging two recognisable classes to
+   make room for a class that will abstain would erase a distinction the image can make;
 3. a class whose own cells are torn between two classes which are themselves distinct (more
    of its cells read as those two than as itself, the second at least ``ambiguity_ratio``
    times the first, and the two confused with each other less than that) is one the image
@@ -203,17 +206,27 @@ def learn_taxonomy(
         record({"action": "unknown", "types": state.types(k), "reason": reason})
         del state.groups[k]
 
+    def targets_met(f1: np.ndarray, kept: np.ndarray) -> bool:
+        return (n_classes is None or kept.sum() <= n_classes) and (
+            min_f1 is None or bool(np.all(f1[kept] >= min_f1))
+        )
+
     while len(state.groups) > min_classes:
         m = state.matrix()
         f1 = f1_scores(m)
-        if n_classes is not None and len(state.groups) <= n_classes:
-            break
-        if min_f1 is not None and np.all(f1 >= min_f1):
+        if targets_met(f1, np.ones(len(f1), bool)):
             break
         s, r = symmetric_confusion(m), row_rates(m)
         i, j = np.unravel_index(int(np.argmax(s)), s.shape)
         if s[i, j] <= 0:
             break  # nothing is confused with anything: merging cannot help
+        recognised = f1 >= unknown_f1
+        both = recognised[i] and recognised[j]
+        if both and recognised.sum() >= min_classes and targets_met(f1, recognised):
+            record({"action": "stop", "pair": [state.name(i), state.name(j)],
+                    "reason": "both recognised and the recognised classes meet the "
+                              "targets; the unrecognised abstain"})  # fmt: skip
+            break
         # the weaker member is the one to test for ambiguity first
         order = (i, j) if f1[i] <= f1[j] else (j, i)
         torn = None
@@ -342,6 +355,8 @@ def plot_learned_taxonomy(learned: LearnedTaxonomy, path: str | Path) -> Path:
                 f"{m['step']}. merge {m['pair'][0]} | {m['pair'][1]}  "
                 f"(conf {m['symmetric_confusion']:.2f}, F1 -> {m['f1_merged']:.2f})"
             )
+        elif m["action"] == "stop":
+            lines.append(f"{m['step']}. keep {m['pair'][0]} | {m['pair'][1]} apart, stop")
         else:
             lines.append(f"{m['step']}. unknown: {', '.join(m['types'])}  ({m['reason']})")
     axes[2].axis("off")
