@@ -2,6 +2,7 @@
 
     python benchmarks/bench_infer.py [--size 20000] [--rss-sizes 10000 40000]
                                      [--model-mpp 0.5] [--width 16] [--device auto]
+                                     [--readers threads processes]
 
 Slides are real pixels: the CMU-1-Small-Region H&E slide (or ``--source``, any slide or a
 PNG/JPEG tile with ``--source-mpp``) mirror-tiled to the requested size
@@ -14,6 +15,8 @@ Figures: forward-only seconds (the same tiles, streamed, timing only the network
 end-to-end seconds of `infer_slide`, the overhead ratio (goal <= 10 % on a GPU, where the
 forward dominates and post-processing overlaps it), Mpx/s (model pixels of tile cores, and
 level-0 pixels), and peak RSS of a child process per size (goal: 40k^2 / 10k^2 <= 1.2).
+``--readers`` times the end-to-end run once per tile reader (``infer_slide(reader=...)``),
+in the order given, on the same slide and model.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def run_infer(model: Path, slide_path: Path, out: Path, args) -> dict:
     t = time.perf_counter()
     res = infer_slide(
         seg, slide_path, out, core=args.core, halo=args.halo, batch_size=args.batch_size,
-        resume=False, progress=False, workers=args.workers,
+        resume=False, progress=False, workers=args.workers, reader=args.reader,
     )  # fmt: skip
     return {"e2e_s": time.perf_counter() - t, "n_nuclei": res.n_nuclei, "n_tiles": res.n_tiles}
 
@@ -106,7 +109,8 @@ def child(args) -> None:
 def spawn(model: Path, slide: Path, out: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", str(model), "--slide", str(slide),
            "--out", str(out), "--core", str(args.core), "--halo", str(args.halo),
-           "--batch-size", str(args.batch_size), "--device", args.device]  # fmt: skip
+           "--batch-size", str(args.batch_size), "--device", args.device,
+           "--reader", args.reader]  # fmt: skip
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -127,6 +131,9 @@ def main() -> None:
                         help="a trained checkpoint instead of the untrained model")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None,
                         help="reader / post-processing threads (default: infer_slide's)")  # fmt: skip
+    parser.add_argument("--readers", nargs="+", default=["threads"],
+                        choices=["threads", "processes"], help="tile readers to time")  # fmt: skip
+    parser.add_argument("--reader", default="threads", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_stnuc_bench"))
     parser.add_argument("--source", type=Path, default=None, help="slide or PNG/JPEG to tile")
     parser.add_argument("--source-mpp", type=float, default=None, help="µm/px of --source")
@@ -159,19 +166,21 @@ def main() -> None:
     slide = build_slide(args.workdir, args.size, args)
     seg = checkpoint_segmenter(model, args.device, batch_size=args.batch_size)
     fwd = forward_only(seg, slide, args.core, args.halo, args.batch_size)
-    e2e = spawn(model, slide, args.workdir / "out_main", args)
     core_mpx = fwd["n_tiles"] * args.core**2 / 1e6
     from wsi_stnuc.slide.registry import open_slide
 
     with open_slide(slide) as opened:
         level0_mpx = core_mpx * (args.model_mpp / opened.mpp[0]) ** 2
-    print(f"{args.size}^2 slide: {fwd['n_tiles']} tissue tiles, {e2e['n_nuclei']:,} nuclei")
+    print(f"{args.size}^2 slide: {fwd['n_tiles']} tissue tiles")
     print(f"  forward only    {fwd['forward_s']:8.1f} s")
-    print(
-        f"  end to end      {e2e['e2e_s']:8.1f} s  (overhead {e2e['e2e_s'] / fwd['forward_s'] - 1:+.0%})"
-    )
-    print(f"  throughput      {core_mpx / e2e['e2e_s']:8.2f} model Mpx/s, "
-          f"{level0_mpx / e2e['e2e_s']:.1f} level-0 Mpx/s")  # fmt: skip
+    for reader in args.readers:
+        args.reader = reader
+        e2e = spawn(model, slide, args.workdir / f"out_main_{reader}", args)
+        overhead = e2e["e2e_s"] / fwd["forward_s"] - 1
+        print(f"  end to end, {reader} reader: {e2e['e2e_s']:.1f} s (overhead {overhead:+.0%}), "
+              f"{e2e['n_nuclei']:,} nuclei, {core_mpx / e2e['e2e_s']:.2f} model Mpx/s, "
+              f"{level0_mpx / e2e['e2e_s']:.1f} level-0 Mpx/s", flush=True)  # fmt: skip
+    args.reader = args.readers[0]
     rss = {}
     for size in args.rss_sizes:
         path = build_slide(args.workdir, size, args)

@@ -39,6 +39,10 @@ import click
               help="Only process tiles that touch detected tissue.")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Reader and post-processing workers per slide (default: up to 4).")  # fmt: skip
+@click.option("--reader", type=click.Choice(["threads", "processes"]), default="threads",
+              show_default=True,
+              help="Decode tiles in threads or in processes (outside the interpreter lock: "
+                   "for many-core GPU machines).")  # fmt: skip
 def infer(
     inputs: tuple[str, ...],
     model_path: Path,
@@ -56,6 +60,7 @@ def infer(
     halo: int,
     tissue: bool,
     workers: int | None,
+    reader: str,
 ) -> None:
     """Segment and classify nuclei in slides: INPUTS are slide files, folders, globs or CSV
     manifests (columns: path, optional mpp and name). Exits with 1 if any slide failed."""
@@ -71,6 +76,7 @@ def infer(
         resume=resume, scheduler=scheduler, local_cluster=local_cluster, mpp=mpp,
         device=device, batch_size=batch_size, core=core, halo=halo, tissue=tissue,
         qupath=qupath, qupath_zip=zipped, qupath_cells=qupath_cells, workers=workers,
+        reader=reader,
     )  # fmt: skip
     n_ok = len(result.rows) - result.n_failed
     click.echo(f"{n_ok} of {len(result.rows)} slides done; manifest: {result.manifest}")

@@ -151,6 +151,32 @@ def test_tiling_does_not_change_the_result(slide, tmp_path):
     assert shapely.equals_exact(a.geometry.to_numpy(), b.geometry.to_numpy(), 1e-9).all()
 
 
+def test_reading_in_processes_gives_the_same_output(slide, tmp_path):
+    """Tiles decoded in spawned processes (outside the interpreter lock) give byte-identical
+    results; an unknown reader is refused before any work."""
+    path, _ = slide
+    threads = _run(oracle(), path, tmp_path / "t")
+    procs = _run(oracle(), path, tmp_path / "p", reader="processes")
+    a, b = gpd.read_parquet(threads.parquet), gpd.read_parquet(procs.parquet)
+    assert len(a) == len(b) > 0
+    pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
+    assert shapely.equals_exact(a.geometry.to_numpy(), b.geometry.to_numpy(), 0).all()
+    with pytest.raises(ValueError, match="reader"):
+        _run(oracle(), path, tmp_path / "x", reader="gpu")
+    assert not (tmp_path / "x").exists()
+
+
+def test_reading_in_processes_falls_back_to_threads_in_a_daemon(monkeypatch, caplog):
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from wsi_stnuc.infer import _reader_scheduler
+
+    assert _reader_scheduler("processes") == "processes"
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
+    assert _reader_scheduler("processes") == "threads" and "daemonic" in caplog.text
+
+
 def test_resume_after_kill_is_identical(slide, tmp_path):
     path, _ = slide
     full = _run(oracle(), path, tmp_path / "full")

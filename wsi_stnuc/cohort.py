@@ -278,7 +278,7 @@ def run_cohort(
     ``scheduler`` (address of a Dask scheduler) or ``local_cluster`` (number of local workers;
     ``processes=False`` keeps them in this process) is given. ``infer_options`` go to
     ``infer_slide`` (``core``, ``halo``, ``batch_size``, ``device``, ``tissue``, ``qupath``,
-    ``qupath_zip``, ``qupath_cells``, ``workers``). Returns the manifest rows; failed slides
+    ``qupath_zip``, ``qupath_cells``, ``workers``, ``reader``). Returns the manifest rows; failed slides
     have ``status == "failed"`` and the error text.
     """
     out_dir = Path(out_dir)

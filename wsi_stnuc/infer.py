@@ -265,6 +265,22 @@ def _prepare_parts(parts: Path, config: dict, resume: bool) -> set[int]:
     return set()
 
 
+READERS = ("threads", "processes")
+
+
+def _reader_scheduler(reader: str) -> str:
+    """The tile-reading scheduler to use for ``reader``, checked."""
+    import multiprocessing
+
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+    if reader == "processes" and multiprocessing.current_process().daemon:
+        log.warning("tile reading in processes is not possible in a daemonic process "
+                    "(e.g. a Dask worker); reading in threads")  # fmt: skip
+        return "threads"
+    return reader
+
+
 def _batches(grid: gpd.GeoDataFrame, batch_size: int) -> list[pd.DataFrame]:
     return [grid.iloc[i : i + batch_size] for i in range(0, len(grid), batch_size)]
 
@@ -280,6 +296,7 @@ def _run_batches(
     workers: int,
     progress: bool,
     label: str,
+    reader: str = "threads",
 ) -> None:
     batches = _batches(grid, batch_size)
     todo = [b for b in range(len(batches)) if b not in done]
@@ -290,7 +307,8 @@ def _run_batches(
     todo_grid = pd.concat([batches[b] for b in todo])
     todo_grid = gpd.GeoDataFrame(todo_grid)
     todo_grid.attrs.update(grid.attrs)
-    stream = stream_tiles(slide, todo_grid, max_in_flight=2 * batch_size, num_workers=workers)
+    stream = stream_tiles(slide, todo_grid, max_in_flight=2 * batch_size, num_workers=workers,
+                          scheduler=reader)  # fmt: skip
     attrs, slide_mpp = dict(grid.attrs), tuple(slide.mpp)
     bar = tqdm(total=len(todo_grid), desc=label, unit="tile", disable=not progress, leave=False)
     pending: deque[Future] = deque()
@@ -424,6 +442,7 @@ def infer_slide(
     tissue: bool = True,
     resume: bool = True,
     workers: int | None = None,
+    reader: str = "threads",
     qupath: bool = True,
     qupath_zip: bool | None = None,
     qupath_cells: bool = False,
@@ -437,7 +456,11 @@ def infer_slide(
     tissue. With ``resume`` a finished slide is skipped and a partial one continues where it
     stopped. ``qupath_zip`` (default: above :data:`ZIP_ABOVE_NUCLEI` nuclei) zips the GeoJSON;
     ``qupath_cells`` exports cell objects (nuclei grown by 5 µm within their Voronoi regions).
-    Outputs are named after ``name`` (default: the slide file stem).
+    Outputs are named after ``name`` (default: the slide file stem). ``reader``: tiles are
+    decoded and resampled in ``workers`` ``"threads"`` (default) or ``"processes"`` (outside
+    this interpreter's lock, for many-core GPU machines where the reads compete with
+    post-processing; a daemonic process, e.g. a Dask worker, cannot start them and falls
+    back to threads). The output is the same either way.
     """
     from wsi_stnuc.slide.registry import open_slide
 
@@ -447,6 +470,7 @@ def infer_slide(
     name = name or slide_path.name.split(".")[0]
     paths = slide_outputs(out_dir, name)
     workers = workers or min(4, os.cpu_count() or 1)
+    reader = _reader_scheduler(reader)
     if resume and paths["summary"].is_file():
         result = SlideResult(**json.loads(paths["summary"].read_text()))
         if Path(result.parquet).is_file():
@@ -464,6 +488,7 @@ def infer_slide(
         _run_batches(
             slide, grid, seg, paths["parts"], done,
             batch_size=batch_size, workers=workers, progress=progress, label=name,
+            reader=reader,
         )  # fmt: skip
         meta = _metadata(slide, seg, grid, tissue_mm2)
         mpp_x = slide.mpp[0]
