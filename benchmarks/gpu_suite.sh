@@ -8,7 +8,7 @@
 # baseline is scored once) and bench_classes.py (learned classes, fine types, no abstention;
 # its "true partition" model is bench_accuracy's ST model at 0.5 µm/px: same labels, same
 # classes). Then bench_infer.py times whole-slide inference on a 20k² real-pixel mosaic with the
-# trained ST model (0.5 µm/px).
+# trained ST model (0.5 µm/px), once with tiles read in threads and once in processes.
 # Environment: STEPS (default 3000), CAP_MINUTES (wall cap per training, default 6.5),
 # DEVICE (default cuda), SIZE (default 20000), WSI_STNUC_DATA (the real data).
 set -u
@@ -67,5 +67,6 @@ echo "mosaic: exit $? ($(tail -n 1 "$OUT/mosaic.log"))"
 trained=$(ls "$OUT"/acc_st_05/mpp0.5/st/best.pt 2>/dev/null)
 "$PY" "$here/bench_infer.py" ${trained:+--checkpoint "$trained"} --device "$DEVICE" --size "$SIZE" --rss-sizes \
     --source "$tile" --source-mpp 0.2527 --compression zlib --model-mpp 0.5 --width 32 \
-    --batch-size 16 --workers "${INFER_WORKERS:-8}" --workdir "$OUT/bench_infer" >"$OUT/bench_infer.log" 2>&1
+    --batch-size 16 --workers "${INFER_WORKERS:-8}" --readers threads processes \
+    --workdir "$OUT/bench_infer" >"$OUT/bench_infer.log" 2>&1
 echo "bench_infer: exit $? after $(($(date +%s) - t0)) s"
