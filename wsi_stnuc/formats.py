@@ -81,6 +81,11 @@ class LabelCols:
     TYPE_PROB_PREFIX = "type_prob_"
     CLASS_PROB_PREFIX = "prob_"
 
+    @classmethod
+    def class_probs(cls, class_names) -> list[str]:
+        """The ``prob_<class>`` column names of ``class_names``, in their order."""
+        return [f"{cls.CLASS_PROB_PREFIX}{name}" for name in class_names]
+
 
 class NucleusCols:
     """Columns of a NucleusTable (inference output; geometry in level-0 pixels)."""

@@ -139,7 +139,7 @@ def rasterize_targets(
     inst_class = np.zeros(n + 1, np.uint8)
     inst_weight = np.ones(n + 1, np.float32)
     inst_class_weight = np.ones(n + 1, np.float32)
-    prob_cols = [f"{LabelCols.CLASS_PROB_PREFIX}{name}" for name in classes.names]
+    prob_cols = LabelCols.class_probs(classes.names)
     has_probs = all(c in labels.columns for c in prob_cols)
     inst_probs = np.zeros((n + 1, classes.n_classes), np.float32) if has_probs else None
     if n == 0:

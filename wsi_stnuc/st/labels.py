@@ -47,19 +47,15 @@ LABELSET_KIND = "labelset"
 COLUMNS = (L.CELL_ID, L.CELL_TYPE, L.IMAGE_CLASS, L.CONFIDENCE, L.WEIGHT, L.GEOMETRY)
 
 
-def class_prob_columns(classes: ClassTable) -> list[str]:
-    """The LabelSet's ``prob_<class>`` column names, in class-table order."""
-    return [f"{L.CLASS_PROB_PREFIX}{name}" for name in classes.names]
-
-
-def _prob_columns(labels: pd.DataFrame) -> list[str]:
-    prefixes = (L.TYPE_PROB_PREFIX, L.CLASS_PROB_PREFIX)
+def _prob_columns(
+    labels: pd.DataFrame, prefixes: tuple[str, ...] = (L.TYPE_PROB_PREFIX, L.CLASS_PROB_PREFIX)
+) -> list[str]:
     return [c for c in labels.columns if isinstance(c, str) and c.startswith(prefixes)]
 
 
 def _class_prob_frame(type_probs: pd.DataFrame, taxonomy: Taxonomy, index) -> pd.DataFrame:
     values = class_probabilities(type_probs, taxonomy)
-    return pd.DataFrame(values, index=index, columns=class_prob_columns(taxonomy.classes))
+    return pd.DataFrame(values, index=index, columns=L.class_probs(taxonomy.classes.names))
 
 
 @dataclass
@@ -260,8 +256,8 @@ def write_labelset(
             path,
             f"image classes not in the class table: {sorted(labels[L.IMAGE_CLASS][bad].unique())}",
         )
-    class_probs = [c for c in _prob_columns(labels) if c.startswith(L.CLASS_PROB_PREFIX)]
-    if class_probs and class_probs != class_prob_columns(classes):
+    class_probs = _prob_columns(labels, (L.CLASS_PROB_PREFIX,))
+    if class_probs and class_probs != L.class_probs(classes.names):
         raise InputError(
             path,
             f"class probability columns {class_probs} do not match the class table "
@@ -293,8 +289,7 @@ def apply_taxonomy(
     set_aside = was_unknown & types.isin(classed_types).to_numpy()
     confident = labels[L.CONFIDENCE].fillna(0.0).to_numpy() >= min_confidence
     mapped = map_to_classes(types, taxonomy).to_numpy(object)
-    out = labels.drop(columns=[c for c in _prob_columns(labels)
-                               if c.startswith(L.CLASS_PROB_PREFIX)])  # fmt: skip
+    out = labels.drop(columns=_prob_columns(labels, (L.CLASS_PROB_PREFIX,)))
     out[L.IMAGE_CLASS] = np.where(confident & ~set_aside, mapped, UNKNOWN)
     type_probs = type_probabilities(labels)
     if type_probs is None:
