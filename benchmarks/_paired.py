@@ -22,6 +22,7 @@ from wsi_stnuc.classes import IGNORE_CLASS, UNKNOWN, ClassTable, Taxonomy, load_
 from wsi_stnuc.formats import LabelCols as L
 from wsi_stnuc.io_utils import shared_data_dir
 from wsi_stnuc.slide.resample import resample_region
+from wsi_stnuc.st.celltype import map_to_classes
 
 # CoNSeP inst_type codes of the three scored classes (1 = "other" is never predicted).
 CONSEP_CODE = {"inflammatory": 2, "epithelial": 3, "connective": 4, "spindle": 4}
@@ -138,7 +139,7 @@ def with_classes(
     itself when ``taxonomy`` is None), ``unknown`` below ``min_confidence``; ``unit_weight``
     sets every outline and class weight to 1 (no down-weighting of uncertain cells either)."""
     types = labels[L.CELL_TYPE].astype(str)
-    mapped = types if taxonomy is None else types.map(taxonomy.mapping).fillna(UNKNOWN)
+    mapped = types if taxonomy is None else map_to_classes(types, taxonomy)
     sure = labels[L.CONFIDENCE].to_numpy() >= min_confidence
     out = labels.copy()
     out[L.IMAGE_CLASS] = np.where(sure, mapped.to_numpy(object), UNKNOWN)
