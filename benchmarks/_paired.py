@@ -17,8 +17,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from wsi_stnuc.annotated import AnnotatedImage
 from wsi_stnuc.classes import IGNORE_CLASS, UNKNOWN, ClassTable, Taxonomy, load_taxonomy
+from wsi_stnuc.evaluation.annotated import AnnotatedImage
 from wsi_stnuc.formats import LabelCols as L
 from wsi_stnuc.io_utils import shared_data_dir
 from wsi_stnuc.slide.resample import resample_region
@@ -152,7 +152,7 @@ def with_classes(
 def st_dataset(
     bundle, labels: gpd.GeoDataFrame, classes: ClassTable, mpp: float, patch: int, out: Path
 ) -> Path:
-    from wsi_stnuc.dataset import build_patch_dataset
+    from wsi_stnuc.training.dataset import build_patch_dataset
 
     return build_patch_dataset(
         bundle.slide, labels, out, classes=classes, mpp=mpp, patch=patch, seed=0
@@ -194,8 +194,8 @@ def manual_dataset(
     out: Path,
 ) -> Path:
     """Patch dataset from the manual CoNSeP labels (``other`` -> unknown), at ``mpp``."""
-    from wsi_stnuc.dataset import write_patch_dataset
-    from wsi_stnuc.targets import targets_from_instances
+    from wsi_stnuc.training.dataset import write_patch_dataset
+    from wsi_stnuc.training.targets import targets_from_instances
 
     lut = np.full(256, IGNORE_CLASS, np.uint8)
     for code, name in train[0].class_names.items():
@@ -255,7 +255,7 @@ def budget_label(args) -> str:
 
 def train(dataset: Path, out: Path, args, seed: int, *, soft_classes: bool = False) -> Path:
     """Train with the budget of ``args`` (see :func:`add_training_args`); return best.pt."""
-    from wsi_stnuc.train import TrainConfig, train_model
+    from wsi_stnuc.training.train import TrainConfig, train_model
 
     cfg = TrainConfig(epochs=10_000, max_minutes=args.minutes, max_steps=args.steps,
                       threads=args.threads, seed=seed, device=args.device, patience=10_000,
@@ -303,8 +303,8 @@ def score_model(
     """Metrics of a checkpoint (None: the classical baseline) on ``images`` at their native
     resolution. ``code_of_class`` maps predicted class ids to the images' class codes
     (scored: epithelial / inflammatory / spindle); without it only segmentation is scored."""
-    from wsi_stnuc.baseline import classical_instances
-    from wsi_stnuc.metrics import compare_instances, summarize
+    from wsi_stnuc.evaluation.baseline import classical_instances
+    from wsi_stnuc.evaluation.metrics import compare_instances, summarize
     from wsi_stnuc.model.checkpoint import load_checkpoint
 
     model = meta = None

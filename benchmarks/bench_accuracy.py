@@ -50,8 +50,8 @@ from _paired import (
     with_classes,
 )
 
-from wsi_stnuc.annotated import load_consep, load_monuseg
 from wsi_stnuc.classes import load_taxonomy
+from wsi_stnuc.evaluation.annotated import load_consep, load_monuseg
 
 FIELD_UM = 64.0  # training patch side in µm, at every model resolution
 

@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
-from wsi_stnuc.annotated import load_consep, load_monuseg
-from wsi_stnuc.baseline import classical_instances
+from wsi_stnuc.evaluation.annotated import load_consep, load_monuseg
+from wsi_stnuc.evaluation.baseline import classical_instances
+from wsi_stnuc.evaluation.metrics import evaluate_instances
 from wsi_stnuc.io_utils import shared_data_dir
-from wsi_stnuc.metrics import evaluate_instances
 
 PER_IMAGE = ("pq", "dq", "sq", "aji", "aji_plus", "dice")
 

@@ -57,8 +57,8 @@ from _paired import (
 )
 from sklearn.metrics import adjusted_rand_score
 
-from wsi_stnuc.annotated import load_consep
 from wsi_stnuc.classes import UNKNOWN, ClassTable, Taxonomy, load_taxonomy
+from wsi_stnuc.evaluation.annotated import load_consep
 from wsi_stnuc.formats import LabelCols as L
 from wsi_stnuc.st.labels import apply_taxonomy
 from wsi_stnuc.synth.paired import DEFAULT_CLASS_TO_TYPES
@@ -100,8 +100,8 @@ def learn_classes(labels, slide, args, work: Path) -> Taxonomy:
     typed with confidence >= ``--crop-confidence``, crop CNN with spatial-block CV, then
     :func:`learn_taxonomy` with ``n_classes``. The confusion goes to ``work/confusion.csv``
     (``bench_taxonomy.py --confusion`` replays the learning from it)."""
-    from wsi_stnuc.crop_classifier import image_confusion
-    from wsi_stnuc.taxonomy_learn import learn_taxonomy
+    from wsi_stnuc.taxonomy.crop_classifier import image_confusion
+    from wsi_stnuc.taxonomy.learn import learn_taxonomy
 
     cv = image_confusion([(labels, slide)], mpp=0.5, size=32, min_confidence=args.crop_confidence,
                          epochs=args.crop_epochs, seed=args.seed, threads=args.threads,

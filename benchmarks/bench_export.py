@@ -21,8 +21,8 @@ import shapely
 from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.export.geoparquet import write_geoparquet
 from wsi_stnuc.export.qupath import write_qupath_geojson
-from wsi_stnuc.features import FEATURE_COLUMNS
 from wsi_stnuc.formats import NucleusCols
+from wsi_stnuc.inference.features import FEATURE_COLUMNS
 
 CLASSES = ClassTable.from_names(["epithelial", "inflammatory", "connective"])
 

@@ -88,7 +88,7 @@ def forward_only(seg, slide_path: Path, core: int, halo: int, batch_size: int) -
 
 
 def run_infer(model: Path, slide_path: Path, out: Path, args) -> dict:
-    from wsi_stnuc.infer import checkpoint_segmenter, infer_slide
+    from wsi_stnuc.inference.infer import checkpoint_segmenter, infer_slide
 
     seg = checkpoint_segmenter(model, args.device, batch_size=args.batch_size)
     t = time.perf_counter()
@@ -161,7 +161,7 @@ def main() -> None:
     print(f"model: {kind} at {args.model_mpp} µm/px; core {args.core} + halo {args.halo}, "
           f"batch {args.batch_size}", flush=True)  # fmt: skip
 
-    from wsi_stnuc.infer import checkpoint_segmenter
+    from wsi_stnuc.inference.infer import checkpoint_segmenter
 
     slide = build_slide(args.workdir, args.size, args)
     seg = checkpoint_segmenter(model, args.device, batch_size=args.batch_size)

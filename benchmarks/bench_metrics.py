@@ -17,7 +17,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from wsi_stnuc.metrics import evaluate_instances, evaluate_polygons
+from wsi_stnuc.evaluation.metrics import evaluate_instances, evaluate_polygons
 
 
 def _discs(n: int, rng: np.random.Generator, spacing: float = 20.0):

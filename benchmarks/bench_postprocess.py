@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential
 
 from wsi_stnuc.model.postprocess import heads_to_instances
-from wsi_stnuc.targets import hv_maps
+from wsi_stnuc.training.targets import hv_maps
 
 
 def synthetic_heads(size: int, seed: int, n_classes: int = 3, density: float = 0.003):

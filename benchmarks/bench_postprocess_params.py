@@ -20,8 +20,8 @@ import time
 import numpy as np
 from _paired import data_paths, fmt, inst_to_native, split_by_source, to_model_grid
 
-from wsi_stnuc.annotated import load_consep, load_monuseg
-from wsi_stnuc.metrics import compare_instances, summarize
+from wsi_stnuc.evaluation.annotated import load_consep, load_monuseg
+from wsi_stnuc.evaluation.metrics import compare_instances, summarize
 
 
 def image_sets(held_fraction: float, val_sources: int, seed: int) -> dict[str, list]:

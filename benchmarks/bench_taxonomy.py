@@ -35,14 +35,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from wsi_stnuc.annotated import load_consep
 from wsi_stnuc.classes import UNKNOWN
-from wsi_stnuc.crop_classifier import cross_validate_crops, labelset_centroids
-from wsi_stnuc.crops import extract_crops
+from wsi_stnuc.evaluation.annotated import load_consep
 from wsi_stnuc.io_utils import shared_data_dir
 from wsi_stnuc.synth.bundle import TRUTH_SOURCE
 from wsi_stnuc.synth.paired import DEFAULT_CLASS_TO_TYPES, make_paired_bundle
-from wsi_stnuc.taxonomy_learn import f1_scores, learn_taxonomy, write_learned_taxonomy
+from wsi_stnuc.taxonomy.crop_classifier import cross_validate_crops, labelset_centroids
+from wsi_stnuc.taxonomy.crops import extract_crops
+from wsi_stnuc.taxonomy.learn import f1_scores, learn_taxonomy, write_learned_taxonomy
 
 TRUE_GROUPS = {t: cls for cls, types in DEFAULT_CLASS_TO_TYPES.items() if types for t in types}
 

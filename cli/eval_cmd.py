@@ -48,7 +48,7 @@ def _fmt(value) -> str:
 
 
 def format_table(result: dict) -> str:
-    """The figures of :func:`wsi_stnuc.eval_io.evaluate` as an aligned text table."""
+    """The figures of :func:`wsi_stnuc.evaluation.eval_io.evaluate` as an aligned text table."""
     images = result.get("n_images", 1)
     lines = [
         (f"{images} images (PQ, AJI, Dice: mean over images); " if images > 1 else "")
@@ -119,7 +119,7 @@ def evaluate_cmd(
     sides, per-class F1c, mPQ and mPQ+. With two folders, files are paired by name and the
     figures are given per image and over the set (means over images; pooled detection pairs).
     """
-    from wsi_stnuc.eval_io import evaluate_set, load_instances, pair_files
+    from wsi_stnuc.evaluation.eval_io import evaluate_set, load_instances, pair_files
     from wsi_stnuc.io_utils import atomic_path
 
     if pred.is_dir() != ref.is_dir():

@@ -1,4 +1,4 @@
-"""CLI: ``wsi-stnuc infer`` — a thin shell over :func:`wsi_stnuc.cohort.run_cohort`."""
+"""CLI: ``wsi-stnuc infer`` — a thin shell over :func:`wsi_stnuc.inference.cohort.run_cohort`."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def infer(
 ) -> None:
     """Segment and classify nuclei in slides: INPUTS are slide files, folders, globs or CSV
     manifests (columns: path, optional mpp and name). Exits with 1 if any slide failed."""
-    from wsi_stnuc.cohort import run_cohort
     from wsi_stnuc.errors import InputError
+    from wsi_stnuc.inference.cohort import run_cohort
 
     if scheduler and local_cluster:
         raise click.UsageError("--scheduler and --local-cluster are exclusive")

@@ -273,7 +273,7 @@ def labels(
         if h_weight:
             from wsi_stnuc.classes import UNKNOWN
             from wsi_stnuc.formats import LabelCols as L
-            from wsi_stnuc.label_confidence import label_weights
+            from wsi_stnuc.taxonomy.label_confidence import label_weights
 
             lw = label_weights(gdf, reader, min_confidence=min_confidence)
             was_known = gdf[L.IMAGE_CLASS] != UNKNOWN

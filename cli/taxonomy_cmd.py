@@ -61,10 +61,10 @@ def taxonomy_cmd(inputs, out, min_f1, n_classes, mpp, figure, crop_size, block_u
     types the image confuses are merged, and types it cannot place go to 'unknown'. Writes
     OUT (YAML, edit freely), OUT_confusion_before/after.csv and a PNG figure.
     """
-    from wsi_stnuc.crop_classifier import image_confusion
     from wsi_stnuc.slide.registry import open_slide
     from wsi_stnuc.st.labels import read_labelset
-    from wsi_stnuc.taxonomy_learn import learn_taxonomy, write_learned_taxonomy
+    from wsi_stnuc.taxonomy.crop_classifier import image_confusion
+    from wsi_stnuc.taxonomy.learn import learn_taxonomy, write_learned_taxonomy
 
     pairs = []
     for labels_path, slide_path in _pairs(inputs):

@@ -32,8 +32,8 @@ def dataset_cmd(slide, labels, out, mpp, patch, stride, taxonomy, min_confidence
                 val_fraction, seed, slide_mpp) -> None:  # fmt: skip
     """Cut training patches (image + targets) around labelled nuclei into a zarr dataset."""
     from wsi_stnuc.classes import load_taxonomy
-    from wsi_stnuc.dataset import build_patch_dataset, open_patch_dataset
     from wsi_stnuc.st.labels import apply_taxonomy, read_labelset
+    from wsi_stnuc.training.dataset import build_patch_dataset, open_patch_dataset
 
     gdf, classes = read_labelset(labels)
     if taxonomy is not None:
@@ -83,7 +83,7 @@ def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretr
     """Train the nucleus network on a patch dataset."""
     import pandas as pd
 
-    from wsi_stnuc.train import LOG, TrainConfig, train_model
+    from wsi_stnuc.training.train import LOG, TrainConfig, train_model
 
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, width=width, depth=depth, encoder=encoder,

@@ -32,10 +32,10 @@ def RESULTS_DIR = null                     // null: first script argument, else 
 def MODEL_TAG = 'wsi_stnuc_model_id'       // measurement written by wsi_stnuc.export.qupath
 def RESULT_SUFFIXES = ['.geojson', '.geojson.zip']
 def SUMMARY_SUFFIX = '.summary.json'
-// slide extensions stripped from image names (longest first), as wsi_stnuc.cohort does
+// slide extensions stripped from image names (longest first), as wsi_stnuc.inference.cohort does
 def SLIDE_SUFFIXES = ['.ome.tiff', '.ome.zarr', '.svslide', '.ome.tif', '.tiff', '.mrxs', '.ndpi',
                       '.zarr', '.svs', '.tif', '.btf', '.scn', '.vms', '.vmu', '.bif', '.dcm']
-def UNSAFE = /[^A-Za-z0-9._-]+/            // same rule as wsi_stnuc.cohort.safe_name
+def UNSAFE = /[^A-Za-z0-9._-]+/            // same rule as wsi_stnuc.inference.cohort.safe_name
 def DOTS = /\.{2,}/
 // -----------------------------------------------------------------------------------------
 

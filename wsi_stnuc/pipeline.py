@@ -63,15 +63,15 @@ def run_demo(
 ) -> DemoResult:
     """Run the full chain on a synthetic paired bundle and score it on a held-out strip."""
     from wsi_stnuc.classes import load_taxonomy
-    from wsi_stnuc.dataset import build_patch_dataset
     from wsi_stnuc.export.qupath import write_qupath_geojson
-    from wsi_stnuc.infer import infer_slide
+    from wsi_stnuc.inference.infer import infer_slide
     from wsi_stnuc.slide.registry import open_slide
     from wsi_stnuc.st.align import microns_to_slide_matrix, read_alignment_csv
     from wsi_stnuc.st.labels import build_labelset, write_labelset
     from wsi_stnuc.st.xenium import read_xenium
     from wsi_stnuc.synth.bundle import make_synthetic_bundle
-    from wsi_stnuc.train import TrainConfig, train_model
+    from wsi_stnuc.training.dataset import build_patch_dataset
+    from wsi_stnuc.training.train import TrainConfig, train_model
 
     config = config or DemoConfig()
     out = Path(out_dir)
@@ -193,7 +193,7 @@ class Holdout:
     config: DemoConfig
 
     def score(self, pred: gpd.GeoDataFrame) -> dict:
-        from wsi_stnuc.metrics import evaluate_polygons
+        from wsi_stnuc.evaluation.metrics import evaluate_polygons
 
         width = self.config.width
         classes = "class_name" if "class_name" in pred.columns else None
@@ -211,7 +211,7 @@ def _untrained_predictions(
     """The same network with random weights: the floor that training has to beat."""
     import torch
 
-    from wsi_stnuc.infer import infer_slide
+    from wsi_stnuc.inference.infer import infer_slide
     from wsi_stnuc.model.checkpoint import load_checkpoint, save_checkpoint
     from wsi_stnuc.model.net import NucleiNet
 
@@ -234,7 +234,7 @@ def _classical_predictions(
     slide_path: Path, split_x: float, config: DemoConfig
 ) -> gpd.GeoDataFrame:
     """Colour deconvolution + watershed on the held-out strip: the floor that needs no training."""
-    from wsi_stnuc.baseline import classical_nucleus_table
+    from wsi_stnuc.evaluation.baseline import classical_nucleus_table
     from wsi_stnuc.slide.registry import open_slide
 
     x0 = int(split_x)

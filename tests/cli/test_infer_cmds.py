@@ -18,7 +18,7 @@ from wsi_stnuc_cli import main as cli_main
 
 
 def _helpers():
-    path = Path(__file__).parents[1] / "test_infer.py"
+    path = Path(__file__).parents[1] / "inference" / "test_infer.py"
     spec = importlib.util.spec_from_file_location("_infer_test_helpers_cli", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -77,7 +77,7 @@ def test_infer_usage_errors(checkpoint, tmp_path):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_slide_with_tissue_detection(checkpoint, cmu_slide, tmp_path):
-    from wsi_stnuc.infer import checkpoint_segmenter, infer_slide
+    from wsi_stnuc.inference.infer import checkpoint_segmenter, infer_slide
 
     seg = checkpoint_segmenter(checkpoint, "cpu")
     seg.mpp = 2.0  # coarse, so the CPU run stays short; the pipeline is what is tested

@@ -73,8 +73,8 @@ def test_dataset_with_a_taxonomy_then_soft_class_training(tmp_path):
     """Types with probabilities, re-classed by a taxonomy YAML at dataset time, train with
     --soft-classes; a dataset without probabilities refuses it cleanly."""
     from wsi_stnuc.classes import Taxonomy
-    from wsi_stnuc.dataset import open_patch_dataset
     from wsi_stnuc.st.labels import read_labelset, write_labelset
+    from wsi_stnuc.training.dataset import open_patch_dataset
 
     slide, plain = toy_inputs(tmp_path)
     gdf, _ = read_labelset(plain)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import shapely
 
-from wsi_stnuc.cohort import SLIDE_SUFFIXES, UNSAFE_CHARS, collect_slides
 from wsi_stnuc.export.qupath import write_qupath_geojson
 from wsi_stnuc.formats import QuPath
-from wsi_stnuc.infer import SlideResult, slide_outputs
+from wsi_stnuc.inference.cohort import SLIDE_SUFFIXES, UNSAFE_CHARS, collect_slides
+from wsi_stnuc.inference.infer import SlideResult, slide_outputs
 from wsi_stnuc.slide.registry import ZARR_SUFFIXES
 
 SCRIPT = Path(__file__).parents[2] / "groovy" / "import_wsi_stnuc.groovy"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsi_stnuc.model.postprocess import heads_to_instances
-from wsi_stnuc.targets import hv_maps
+from wsi_stnuc.training.targets import hv_maps
 
 
 def touching_discs(shape=(48, 64), centres=((24, 22), (24, 40)), radius=10):
@@ -73,8 +73,8 @@ def test_mismatched_heads_rejected():
 @pytest.mark.realdata
 def test_oracle_heads_recover_real_consep_nuclei(data_dir):
     """Heads made from real manual labels (touching nuclei included) give the labels back."""
-    from wsi_stnuc.metrics import panoptic_quality
-    from wsi_stnuc.targets import targets_from_instances
+    from wsi_stnuc.evaluation.metrics import panoptic_quality
+    from wsi_stnuc.training.targets import targets_from_instances
 
     path = data_dir / "nuclei" / "consep_train" / "labels" / "train_1_005.npz"
     if not path.exists():

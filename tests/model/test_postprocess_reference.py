@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
 from wsi_stnuc.model.postprocess import boundary_energy, heads_to_instances
-from wsi_stnuc.targets import hv_maps
+from wsi_stnuc.training.targets import hv_maps
 
 
 def _remove_small(labels, min_area):

@@ -11,8 +11,8 @@ import pytest
 import shapely
 import tifffile
 
-from wsi_stnuc.annotated import AnnotatedImage, load_consep
 from wsi_stnuc.errors import InputError
+from wsi_stnuc.evaluation.annotated import AnnotatedImage, load_consep
 from wsi_stnuc.slide.registry import open_slide
 from wsi_stnuc.synth.noise import STNoise
 from wsi_stnuc.synth.paired import (

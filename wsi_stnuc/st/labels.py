@@ -3,8 +3,8 @@
 Columns (``wsi_stnuc.formats.LabelCols``): ``cell_id`` (str), ``geometry`` (Polygon, level-0
 px), ``cell_type`` (str), ``image_class`` (class name or ``unknown``), ``confidence`` (0-1,
 the typing confidence) and ``weight`` (0-1, trust in the polygon: 1 here, lowered by
-:func:`wsi_stnuc.label_confidence.label_weights`). Every polygon is drawn into the training
-targets whatever its weights; ``wsi_stnuc.targets`` turns ``weight`` into the per-pixel weight
+:func:`wsi_stnuc.taxonomy.label_confidence.label_weights`). Every polygon is drawn into the training
+targets whatever its weights; ``wsi_stnuc.training.targets`` turns ``weight`` into the per-pixel weight
 of every loss term (inside the nucleus and in a band around its outline) and ``confidence``
 into the weight of the class terms. When the typing gives probabilities, optional columns
 ``type_prob_<type>`` (per fine type) and ``prob_<class>`` (their sums per image class under the
@@ -276,7 +276,7 @@ def apply_taxonomy(
     ``image_class`` becomes the taxonomy's class of ``cell_type`` (``unknown`` below
     ``min_confidence``). A cell the LabelSet made ``unknown`` although other cells of its type
     have a class was set aside for itself (low confidence, polygon off its nucleus:
-    :func:`wsi_stnuc.label_confidence.label_weights`) and stays ``unknown``; cells of a type
+    :func:`wsi_stnuc.taxonomy.label_confidence.label_weights`) and stays ``unknown``; cells of a type
     the old taxonomy left unmapped get the new one's class. ``prob_<class>`` columns are
     recomputed from the ``type_prob_<type>`` ones (dropped when there are none).
     """

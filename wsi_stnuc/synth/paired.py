@@ -1,6 +1,6 @@
 """A semi-synthetic paired bundle from real annotated H&E and real Xenium expression.
 
-Real annotated images (CoNSeP, MoNuSeg, see :mod:`wsi_stnuc.annotated`) are laid out in one
+Real annotated images (CoNSeP, MoNuSeg, see :mod:`wsi_stnuc.evaluation.annotated`) are laid out in one
 mosaic slide; every annotated nucleus gets the expression profile of a real Xenium cell whose
 expert type matches the nucleus' annotated class; the nuclei go through the ST noise model and
 are written as a Xenium bundle registered to the mosaic by a known affine. The images are real,
@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from wsi_stnuc.annotated import AnnotatedImage
 from wsi_stnuc.classes import UNKNOWN, load_taxonomy
 from wsi_stnuc.errors import InputError
+from wsi_stnuc.evaluation.annotated import AnnotatedImage
 from wsi_stnuc.formats import Xenium
+from wsi_stnuc.inference.stitch import instances_to_polygons
 from wsi_stnuc.io_utils import atomic_path
 from wsi_stnuc.slide.write import write_pyramidal_tiff
-from wsi_stnuc.stitch import instances_to_polygons
 from wsi_stnuc.synth.bundle import (
     SLIDE_NAME,
     TRUTH_NAME,

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, loading predictions and references, the classical baseline, annotated data."""

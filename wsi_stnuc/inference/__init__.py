@@ -1,0 +1,1 @@
+"""Whole-slide inference: the tile engine, ownership stitching, nucleus features, cohorts."""

@@ -1,0 +1,1 @@
+"""Image-oriented classes: crops, the crop classifier, taxonomy learning, label confidence."""

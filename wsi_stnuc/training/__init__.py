@@ -1,0 +1,1 @@
+"""Training: LabelSet -> per-tile targets, augmentation, the zarr patch dataset, the trainer."""
