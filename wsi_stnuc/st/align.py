@@ -178,11 +178,3 @@ def transform_geometries(geoms, matrix: np.ndarray):
 def scale_of(matrix: np.ndarray) -> float:
     """Mean linear scale of an affine (sqrt |det| of its 2x2 part)."""
     return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix)[:2, :2]))))
-
-
-def refine_alignment(slide, centroids_um: np.ndarray, matrix: np.ndarray, **options):
-    """Refine ``matrix`` (ST µm -> level-0 px) from the H&E nuclei; see
-    :func:`wsi_stnuc.st.refine.refine_alignment` for the options (all checked there)."""
-    from wsi_stnuc.st.refine import refine_alignment as _refine
-
-    return _refine(slide, centroids_um, matrix, **options)

@@ -206,29 +206,55 @@ def train_model(
         torch.set_num_threads(old_threads)
 
 
-def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bool) -> Path:
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
+@dataclass
+class _Run:
+    """Everything one training run carries from step to step."""
 
-    from wsi_stnuc.model.checkpoint import load_checkpoint, save_checkpoint
-    from wsi_stnuc.model.losses import hovernet_loss
-    from wsi_stnuc.model.net import NucleiNet, resolve_device
-    from wsi_stnuc.training.dataset import PatchDataset
+    cfg: TrainConfig
+    out: Path
+    device: object
+    use_amp: bool
+    amp_dtype: object
+    train_ds: object
+    val_ds: object
+    model: object
+    opt: object
+    scaler: object
+    state: dict
+    rows: list
+    steps_per_epoch: int
+    val_every: int
+    total_steps: int
+    time_budget: float | None
+    last_epoch: int
+    t_start: float = 0.0
 
-    _seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def checkpoint(self, path: Path, metrics: dict) -> None:
+        from wsi_stnuc.model.checkpoint import save_checkpoint
+
+        extra = {"optimizer": self.opt.state_dict(), "state": dict(self.state), "log": self.rows}
+        save_checkpoint(path, self.model, classes=self.train_ds.classes, mpp=self.train_ds.mpp,
+                        train_config=self.cfg, metrics=metrics,
+                        extra=extra if path.name == LAST else {})  # fmt: skip
+
+
+def _resolve_config(cfg: TrainConfig, device) -> TrainConfig:
+    """Fill in the device-dependent defaults (width, batch size) that go into the checkpoint."""
     cuda = device.type == "cuda"
-    cfg = dataclasses.replace(
+    return dataclasses.replace(
         cfg,
         width=cfg.width or (32 if cuda else 8),
         batch_size=cfg.batch_size or (16 if cuda else 4),
     )
-    use_amp = device.type == "cuda" if cfg.amp == "auto" else bool(cfg.amp)
-    use_amp = use_amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
+
+def _open_datasets(dataset_zarr: Path, cfg: TrainConfig):
+    """(train, val) patch datasets; the train split augments, the val split does not."""
     from wsi_stnuc.training.augment import AugmentConfig
+    from wsi_stnuc.training.dataset import PatchDataset
 
     train_ds = PatchDataset(dataset_zarr, "train", augment=cfg.augment, seed=cfg.seed,
                             config=AugmentConfig.preset(cfg.augment_preset),
@@ -238,17 +264,28 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
         raise InputError(dataset_zarr, "the dataset has no training patches")
     if len(val_ds) == 0:
         log.warning("%s has no validation patches: no early stopping", dataset_zarr)
-    classes, mpp = train_ds.classes, train_ds.mpp
     patch = int(train_ds.attrs["patch"])
     if cfg.encoder == "unet" and patch % 2**cfg.depth:
         raise InputError(dataset_zarr, f"patch size {patch} is not a multiple of 2**depth")
+    return train_ds, val_ds
 
-    model = NucleiNet(classes.n_classes, width=cfg.width, depth=cfg.depth,
+
+def _new_state() -> dict:
+    return {"epoch": 0, "step": 0, "elapsed": 0.0, "best": float("nan"),
+            "best_loss": float("inf"), "bad_epochs": 0}  # fmt: skip
+
+
+def _build_model(cfg: TrainConfig, n_classes: int, resume, device):
+    """(model, optimizer, state, log rows): fresh, or restored from ``resume``."""
+    import torch
+
+    from wsi_stnuc.model.checkpoint import load_checkpoint
+    from wsi_stnuc.model.net import NucleiNet
+
+    model = NucleiNet(n_classes, width=cfg.width, depth=cfg.depth,
                       encoder=cfg.encoder, pretrained_path=cfg.pretrained_path)  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "best": float("nan"),
-             "best_loss": float("inf"), "bad_epochs": 0}  # fmt: skip
-    rows: list[dict] = []
+    state, rows = _new_state(), []
     if resume is not None:
         model, meta = load_checkpoint(resume, device="cpu")
         extra = meta["extra"]
@@ -264,101 +301,138 @@ def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bo
         for k, v in group.items():
             if torch.is_tensor(v):
                 group[k] = v.to(device)
+    return model, opt, state, rows
 
+
+def _prepare_run(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume) -> _Run:
+    import torch
+
+    from wsi_stnuc.model.net import resolve_device
+
+    _seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    cfg = _resolve_config(cfg, device)
+    use_amp = device.type == "cuda" if cfg.amp == "auto" else bool(cfg.amp)
+    use_amp = use_amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    train_ds, val_ds = _open_datasets(dataset_zarr, cfg)
+    model, opt, state, rows = _build_model(cfg, train_ds.classes.n_classes, resume, device)
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ds) / cfg.batch_size)
-    # Small datasets make short epochs: validating after each would cost more than training.
-    val_every = cfg.val_every or max(1, round(cfg.val_steps / steps_per_epoch))
-    total_steps = max(1, cfg.max_steps or cfg.epochs * steps_per_epoch)
-    time_budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    t_start = time.perf_counter() - state["elapsed"]
+    run = _Run(
+        cfg=cfg, out=out, device=device, use_amp=use_amp, amp_dtype=amp_dtype,
+        train_ds=train_ds, val_ds=val_ds, model=model, opt=opt,
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16),
+        state=state, rows=rows, steps_per_epoch=steps_per_epoch,
+        # Small datasets make short epochs: validating after each would cost more than training.
+        val_every=cfg.val_every or max(1, round(cfg.val_steps / steps_per_epoch)),
+        total_steps=max(1, cfg.max_steps or cfg.epochs * steps_per_epoch),
+        time_budget=cfg.max_minutes * 60.0 if cfg.max_minutes else None,
+        last_epoch=cfg.epochs if cfg.max_steps is None else 10**9,
+    )  # fmt: skip
+    run.t_start = time.perf_counter() - state["elapsed"]
+    return run
 
-    def elapsed() -> float:
-        return time.perf_counter() - t_start
 
-    def checkpoint(path: Path, metrics: dict) -> None:
-        extra = {"optimizer": opt.state_dict(), "state": dict(state), "log": rows}
-        save_checkpoint(path, model, classes=classes, mpp=mpp, train_config=cfg,
-                        metrics=metrics, extra=extra if path.name == LAST else {})  # fmt: skip
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, bool]:
+    """One epoch of optimizer steps: (mean loss terms, whether the budget is spent)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
 
-    budget_spent = False
+    from wsi_stnuc.model.losses import hovernet_loss
+
+    cfg, state = run.cfg, run.state
+    run.model.train()
+    run.train_ds.set_epoch(epoch)
+    loader = DataLoader(
+        run.train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+        num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
+        worker_init_fn=_worker_init if cfg.num_workers else None,
+        persistent_workers=False,
+    )  # fmt: skip
+    sums: dict[str, float] = {}
+    n_seen = 0
     lr = cfg.lr
-    last = cfg.epochs if cfg.max_steps is None else 10**9
-    for epoch in range(state["epoch"] + 1, last + 1):
-        model.train()
-        train_ds.set_epoch(epoch)
-        loader = DataLoader(
-            train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
-            worker_init_fn=_worker_init if cfg.num_workers else None,
-            persistent_workers=False,
-        )  # fmt: skip
-        sums: dict[str, float] = {}
-        n_seen = 0
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
-        for i, batch in enumerate(bar):
-            if i >= steps_per_epoch:
-                break
-            frac = state["step"] / total_steps
-            if time_budget:
-                frac = max(frac, elapsed() / time_budget)
-            lr = cfg.lr * lr_factor(frac, cfg.warmup_fraction)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                heads = model(batch["image"])
-            terms = hovernet_loss(heads, batch["cls"], batch["hv"], batch["weight"],
-                                  cls_weight=batch["cls_weight"],
-                                  cls_soft=batch.get("cls_soft"))  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(terms["total"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            state["step"] += 1
-            n = batch["image"].shape[0]
-            n_seen += n
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-            if state["step"] % max(cfg.log_every, 1) == 0:
-                bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", lr=f"{lr:.2e}")
-                log.debug("step %d loss %.4f", state["step"], float(terms["total"].detach()))
-            if (time_budget and elapsed() >= time_budget) or state["step"] >= total_steps:
-                budget_spent = True
-                break
-        row = {"epoch": epoch, "step": state["step"], "lr": lr}
-        row.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})
-        last_epoch = budget_spent or epoch == last
-        validate = len(val_ds) > 0 and (epoch % val_every == 0 or last_epoch)
-        metrics = {}
-        if validate:
-            metrics = evaluate(model, val_ds, device, cfg.batch_size, use_amp)
-            row.update({f"val_{k}": v for k, v in metrics.items()})
-        row["seconds"] = elapsed()
-        rows.append(row)
-        state.update(epoch=epoch, elapsed=elapsed())
-        score = metrics.get("pq", float("nan"))
-        if not len(val_ds) or (validate and _better(metrics, state)):
-            state.update(best=score, best_loss=metrics.get("loss", np.inf), bad_epochs=0)
-            checkpoint(out / BEST, {**metrics, "epoch": epoch})
-        elif validate:
-            state["bad_epochs"] += 1
-        checkpoint(out / LAST, {**metrics, "epoch": epoch})
-        _write_log(out / LOG, rows)
-        log.info(
-            "epoch %d: train loss %.4f, val PQ %.3f, cls acc %.3f (%.0f s)", epoch,
-            row.get("train_total", float("nan")), score, metrics.get("cls_acc", float("nan")),
-            row["seconds"],
-        )  # fmt: skip
-        if budget_spent:
-            log.info("budget used up after epoch %d (step %d)", epoch, state["step"])
+    budget_spent = False
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    for i, batch in enumerate(bar):
+        if i >= run.steps_per_epoch:
             break
-        if len(val_ds) and state["bad_epochs"] >= cfg.patience:
-            log.info("early stop: no PQ gain in %d validations", cfg.patience)
+        frac = state["step"] / run.total_steps
+        if run.time_budget:
+            frac = max(frac, run.elapsed() / run.time_budget)
+        lr = cfg.lr * lr_factor(frac, cfg.warmup_fraction)
+        for g in run.opt.param_groups:
+            g["lr"] = lr
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+            heads = run.model(batch["image"])
+        terms = hovernet_loss(heads, batch["cls"], batch["hv"], batch["weight"],
+                              cls_weight=batch["cls_weight"],
+                              cls_soft=batch.get("cls_soft"))  # fmt: skip
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(terms["total"]).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        state["step"] += 1
+        n = batch["image"].shape[0]
+        n_seen += n
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+        if state["step"] % max(cfg.log_every, 1) == 0:
+            bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", lr=f"{lr:.2e}")
+            log.debug("step %d loss %.4f", state["step"], float(terms["total"].detach()))
+        if (run.time_budget and run.elapsed() >= run.time_budget) or (
+            state["step"] >= run.total_steps
+        ):
+            budget_spent = True
+            break
+    row = {"epoch": epoch, "step": state["step"], "lr": lr}
+    row.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})
+    return row, budget_spent
+
+
+def _finish_epoch(run: _Run, epoch: int, row: dict, final: bool) -> dict:
+    """Validate when due, keep the best and last checkpoints, write the log; the metrics."""
+    state, val_ds = run.state, run.val_ds
+    validate = len(val_ds) > 0 and (epoch % run.val_every == 0 or final)
+    metrics = {}
+    if validate:
+        metrics = evaluate(run.model, val_ds, run.device, run.cfg.batch_size, run.use_amp)
+        row.update({f"val_{k}": v for k, v in metrics.items()})
+    row["seconds"] = run.elapsed()
+    run.rows.append(row)
+    state.update(epoch=epoch, elapsed=run.elapsed())
+    if not len(val_ds) or (validate and _better(metrics, state)):
+        state.update(best=metrics.get("pq", float("nan")),
+                     best_loss=metrics.get("loss", np.inf), bad_epochs=0)  # fmt: skip
+        run.checkpoint(run.out / BEST, {**metrics, "epoch": epoch})
+    elif validate:
+        state["bad_epochs"] += 1
+    run.checkpoint(run.out / LAST, {**metrics, "epoch": epoch})
+    _write_log(run.out / LOG, run.rows)
+    log.info(
+        "epoch %d: train loss %.4f, val PQ %.3f, cls acc %.3f (%.0f s)", epoch,
+        row.get("train_total", float("nan")), metrics.get("pq", float("nan")),
+        metrics.get("cls_acc", float("nan")), row["seconds"],
+    )  # fmt: skip
+    return metrics
+
+
+def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bool) -> Path:
+    run = _prepare_run(dataset_zarr, out, cfg, resume)
+    for epoch in range(run.state["epoch"] + 1, run.last_epoch + 1):
+        row, budget_spent = _train_epoch(run, epoch, progress)
+        _finish_epoch(run, epoch, row, final=budget_spent or epoch == run.last_epoch)
+        if budget_spent:
+            log.info("budget used up after epoch %d (step %d)", epoch, run.state["step"])
+            break
+        if len(run.val_ds) and run.state["bad_epochs"] >= run.cfg.patience:
+            log.info("early stop: no PQ gain in %d validations", run.cfg.patience)
             break
     if not (out / BEST).exists():  # resumed a finished run, or zero epochs: keep last
-        checkpoint(out / BEST, {"epoch": state["epoch"]})
+        run.checkpoint(out / BEST, {"epoch": run.state["epoch"]})
     return out / BEST
 
 
