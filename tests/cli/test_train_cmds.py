@@ -111,3 +111,32 @@ def test_dataset_with_a_taxonomy_then_soft_class_training(tmp_path):
     res = runner.invoke(cli, ["train", str(tmp_path / "plain.zarr"), "--out",
                               str(tmp_path / "no"), *train_args])  # fmt: skip
     assert res.exit_code == 2 and "no class probabilities" in res.output
+
+
+def test_dataset_from_several_sections(tmp_path):
+    from wsi_stnuc.training.dataset import open_patch_dataset
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    slide_a, labels_a = toy_inputs(tmp_path / "a")
+    slide_b, labels_b = toy_inputs(tmp_path / "b")
+    csv = tmp_path / "sections.csv"
+    pd.DataFrame({"slide": ["a/s.tif", "b/s.tif"], "labels": ["a/labels.parquet",
+                  "b/labels.parquet"], "name": ["lung", "skin"]}).to_csv(csv, index=False)  # fmt: skip
+    runner = CliRunner()
+    ds = tmp_path / "ds.zarr"
+    res = runner.invoke(cli, ["dataset", "--sections", str(csv), "--val-section", "skin",
+                              "--out", str(ds), "--patch", "64", "--block-um", "40",
+                              "--ignore-unlabelled", "--snap-um", "2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "from 2 section(s)" in res.output and "label repairs" in res.output
+    root = open_patch_dataset(ds)
+    assert root.attrs["sources"] == ["lung", "skin"]
+    assert (root["split"][:][root["source"][:] == 1] == 1).all()
+    # Pairs on the command line work the same; a lone --slide is a usage error.
+    res = runner.invoke(cli, ["dataset", "--slide", str(slide_a), "--labels", str(labels_a),
+                              "--slide", str(slide_b), "--out", str(tmp_path / "x.zarr")])  # fmt: skip
+    assert res.exit_code == 2 and "pairs" in res.output
+    res = runner.invoke(cli, ["dataset", "--sections", str(csv), "--val-section", "liver",
+                              "--out", str(tmp_path / "y.zarr")])  # fmt: skip
+    assert res.exit_code == 2 and "liver" in res.output

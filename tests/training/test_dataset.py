@@ -172,3 +172,31 @@ def test_soft_class_maps_survive_augmentation(tmp_path):
         centre = shapely.points(x0 + (cc.mean() + 0.5) * 2.0, y0 + (rr.mean() + 0.5) * 2.0)
         (row,) = labels.sindex.query(centre, predicate="within")
         np.testing.assert_allclose(soft[:, rr[0], cc[0]], p[row], rtol=1e-6)
+
+
+def test_build_section_dataset_records_sections_and_splits(tmp_path):
+    from wsi_stnuc.training.dataset import Section, build_section_dataset
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    slide_a, labels_a = toy_slide(tmp_path / "a", seed=1)
+    slide_b, labels_b = toy_slide(tmp_path / "b", size=(400, 400), seed=2)
+    sections = [Section(slide_a, labels_a, name="colon"), Section(slide_b, labels_b, val=True)]
+    out = build_section_dataset(sections, tmp_path / "ds.zarr", classes=CLASSES, mpp=0.5,
+                                patch=64, block_um=40.0)  # fmt: skip
+    root = open_patch_dataset(out)
+    source, split = root["source"][:], root["split"][:]
+    assert root.attrs["sources"] == ["colon", "toy"]
+    info = {s["name"]: s for s in root.attrs["sections"]}
+    assert info["toy"]["val"] and info["toy"]["n_val"] == info["toy"]["n_patches"]
+    assert (split[source == 1] == 1).all()  # the val section is validation only
+    colon = split[source == 0]
+    assert colon.any() and not colon.all()  # blocks inside the other section
+    assert len(source) == info["colon"]["n_patches"] + info["toy"]["n_patches"]
+    # Patches of the second section are that slide's pixels.
+    ds = PatchDataset(out, "val", augment=False)
+    assert len(ds) == int(split.sum())
+    with pytest.raises(InputError, match="unique"):
+        build_section_dataset([Section(slide_a, labels_a, name="x"), Section(slide_b, labels_b,
+                               name="x")], tmp_path / "dup.zarr", classes=CLASSES, mpp=0.5,
+                              patch=64)  # fmt: skip

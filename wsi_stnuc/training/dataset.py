@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.io_utils import atomic_path
 from wsi_stnuc.training.augment import AugmentConfig, augment
-from wsi_stnuc.training.targets import Targets, rasterize_targets
+from wsi_stnuc.training.targets import Targets
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +267,93 @@ def _load_labels(labels):
     return gdf
 
 
+@dataclass
+class Section:
+    """One tissue section: its H&E slide and LabelSet (a GeoDataFrame or a GeoParquet path).
+
+    ``name`` identifies it in the dataset (default: the slide's file stem); ``slide_mpp``
+    overrides the slide's own µm/px; ``val`` sends the whole section to validation."""
+
+    slide: str | Path
+    labels: object
+    name: str | None = None
+    slide_mpp: float | None = None
+    val: bool = False
+
+
+@dataclass
+class _Plan:
+    """Where one section's patches go: level-0 origins, spatial blocks and split."""
+
+    section: Section
+    labels: object
+    name: str
+    origins: np.ndarray
+    block: np.ndarray
+    split: np.ndarray
+    sx: float
+    sy: float
+    block_um: float
+
+
+def _plan_section(
+    section: Section, slide, *, mpp: float, patch: int, stride: int, tissue, block_um: float,
+    guard_um: float, val_fraction: float, seed: int,
+) -> _Plan:  # fmt: skip
+    """Tiles with labelled nuclei over one section, split by spatial blocks (or all to val)."""
+    labels = _load_labels(section.labels)
+    name = section.name or Path(section.slide).stem
+    if len(labels) == 0:
+        raise InputError(section.slide, f"section {name}: the LabelSet is empty")
+    mpp_x, mpp_y = slide.mpp
+    sx, sy = mpp / mpp_x, mpp / mpp_y
+    foot = (patch * sx, patch * sy)
+    bounds = tuple(float(v) for v in labels.total_bounds)
+    origins = plan_tiles(bounds, foot, (stride * sx, stride * sy))
+    boxes = shapely.box(origins[:, 0], origins[:, 1], origins[:, 0] + foot[0],
+                        origins[:, 1] + foot[1])  # fmt: skip
+    has_labels = np.zeros(len(origins), bool)
+    has_labels[np.unique(labels.sindex.query(boxes, predicate="intersects")[0])] = True
+    if tissue is not None:
+        has_labels &= shapely.intersects(boxes, tissue)
+    origins = origins[has_labels]
+    if len(origins) == 0:
+        raise InputError(section.slide, "no tile with labelled nuclei (and tissue)")
+    block_size = block_um / mpp_x
+    while True:
+        block, split, keep = split_blocks(
+            origins, foot, block_size, 0.0 if section.val else val_fraction, seed,
+            guard=guard_um / mpp_x,
+        )  # fmt: skip
+        if section.val or block.max() >= 1 or block_size <= min(foot):
+            break
+        block_size /= 2.0  # a small labelled region: smaller blocks, so val is not empty
+    if section.val:
+        split = np.ones(len(origins), np.uint8)
+    origins, block, split = origins[keep], block[keep], split[keep]
+    log.info("%d patches (%d val) from %s", len(origins), int(split.sum()), name)
+    return _Plan(section, labels, name, origins, block, split, sx, sy, block_size * mpp_x)
+
+
 def build_patch_dataset(
     slide_path: str | Path,
     labels,
+    out_zarr: str | Path,
+    *,
+    slide_mpp: float | None = None,
+    **options,
+) -> Path:
+    """Cut training patches at ``mpp`` µm/px from one slide where its LabelSet has nuclei.
+
+    One section of :func:`build_section_dataset` (see there for ``options``); ``slide_mpp``
+    overrides the slide's own µm/px.
+    """
+    section = Section(slide_path, labels, name=str(slide_path), slide_mpp=slide_mpp)
+    return build_section_dataset([section], out_zarr, **options)
+
+
+def build_section_dataset(
+    sections: Sequence[Section],
     out_zarr: str | Path,
     *,
     classes: ClassTable,
@@ -280,73 +365,87 @@ def build_patch_dataset(
     guard_um: float = 12.0,
     val_fraction: float = 0.2,
     seed: int = 0,
-    slide_mpp: float | None = None,
+    snap_um: float | None = None,
+    ignore_unlabelled: bool = False,
     progress: bool = False,
 ) -> Path:
-    """Cut training patches at ``mpp`` µm/px from a slide where its LabelSet has nuclei.
+    """One patch dataset from many sections (slide + LabelSet each), at ``mpp`` µm/px.
 
-    Tiles of ``patch`` model pixels every ``stride`` (default ``patch``) are laid over the
-    labels' bounding box (pixels outside it get weight 0: unlabelled there is not background);
-    only tiles that contain labelled nuclei (and touch ``tissue``, a level-0 shapely geometry,
-    when given) are kept. Train/val split: :func:`split_blocks` on ``block_um`` blocks (halved
-    until there are at least two blocks) with a ``guard_um`` band (above a nucleus diameter).
-    ``slide_mpp`` overrides the slide's own µm/px. Cells dropped from the LabelSet become
-    background here: keep doubtful cells as ``unknown`` with a low weight instead.
+    Per section, tiles of ``patch`` model pixels every ``stride`` (default ``patch``) are laid
+    over the labels' bounding box (pixels outside it get weight 0: unlabelled there is not
+    background); only tiles that contain labelled nuclei (and touch ``tissue``, a level-0
+    shapely geometry, when given) are kept. Train/val split: whole sections marked ``val``,
+    and inside the others :func:`split_blocks` on ``block_um`` blocks (halved until there are
+    at least two blocks) with a ``guard_um`` band (above a nucleus diameter). The ``source``
+    array records each patch's section (``attrs["sources"]`` its name, ``attrs["sections"]``
+    slide, LabelSet and counts). ``snap_um`` / ``ignore_unlabelled``: the label repairs of
+    :mod:`wsi_stnuc.training.label_refine`. Cells dropped from a LabelSet become background
+    unless ``ignore_unlabelled`` finds them in the H&E.
     """
     import zarr
     from tqdm import tqdm
 
     from wsi_stnuc.slide.registry import open_slide
+    from wsi_stnuc.training.label_refine import refine_tile_targets
 
-    labels = _load_labels(labels)
-    if len(labels) == 0:
-        raise InputError(None, "the LabelSet is empty: no nuclei to cut patches around")
+    if not sections:
+        raise ValueError("build_section_dataset: no sections")
     out_zarr = Path(out_zarr)
     stride = int(stride or patch)
-    with open_slide(slide_path, mpp=slide_mpp) as slide:
-        mpp_x, mpp_y = slide.mpp
-        sx, sy = mpp / mpp_x, mpp / mpp_y
-        foot = (patch * sx, patch * sy)
-        bounds = tuple(float(v) for v in labels.total_bounds)
-        origins = plan_tiles(bounds, foot, (stride * sx, stride * sy))
-        boxes = shapely.box(origins[:, 0], origins[:, 1], origins[:, 0] + foot[0],
-                            origins[:, 1] + foot[1])  # fmt: skip
-        has_labels = np.zeros(len(origins), bool)
-        has_labels[np.unique(labels.sindex.query(boxes, predicate="intersects")[0])] = True
-        if tissue is not None:
-            has_labels &= shapely.intersects(boxes, tissue)
-        origins = origins[has_labels]
-        if len(origins) == 0:
-            raise InputError(slide_path, "no tile with labelled nuclei (and tissue)")
-        block_size = block_um / mpp_x
-        while True:
-            block, split, keep = split_blocks(
-                origins, foot, block_size, val_fraction, seed, guard=guard_um / mpp_x
-            )
-            if block.max() >= 1 or block_size <= min(foot):
-                break
-            block_size /= 2.0  # a small labelled region: smaller blocks, so val is not empty
-        origins, block, split = origins[keep], block[keep], split[keep]
-        log.info("%d patches (%d val) from %s", len(origins), int(split.sum()), slide_path)
-        # Weight 0 outside the labelled extent: nuclei there are unlabelled, not background.
-        label_box = bounds
-        _prepare_out(out_zarr)
-        with atomic_path(out_zarr) as tmp:
-            root = zarr.open_group(str(tmp), mode="w")
-            writer = _PatchWriter(root, len(origins), patch)
-            for i, (x0, y0) in enumerate(
-                tqdm(origins, desc="patches", unit="patch", disable=not progress)
-            ):
-                image = slide.read_region(x0, y0, patch, patch, mpp)
-                t = rasterize_targets(labels, x0, y0, sx, sy, (patch, patch), classes)
-                t.weight *= _inside_mask(label_box, x0, y0, sx, sy, patch)
-                writer.write(i, image, t)
-            writer.finish()
-            _write_provenance(root, np.zeros(len(origins)), origins[:, 0], origins[:, 1],
-                              block, split)  # fmt: skip
-            extra = {"block_um": block_size * mpp_x, "guard_um": guard_um, "stride": stride,
-                     "val_fraction": val_fraction, "seed": seed}  # fmt: skip
-            root.attrs.update(_attrs(classes, mpp, patch, [str(slide_path)], split, **extra))
+    plans = []
+    for k, section in enumerate(sections):
+        with open_slide(section.slide, mpp=section.slide_mpp) as slide:
+            plans.append(_plan_section(
+                section, slide, mpp=mpp, patch=patch, stride=stride, tissue=tissue,
+                block_um=block_um, guard_um=guard_um, val_fraction=val_fraction, seed=seed + k,
+            ))  # fmt: skip
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise InputError(None, f"section names must be unique, got {names}")
+    n = sum(len(p.origins) for p in plans)
+    totals = {"snapped": 0, "ignored_px": 0}
+    _prepare_out(out_zarr)
+    with atomic_path(out_zarr) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        writer = _PatchWriter(root, n, patch)
+        i = 0
+        bar = tqdm(total=n, desc="patches", unit="patch", disable=not progress)
+        for plan in plans:
+            # Weight 0 outside the labelled extent: nuclei there are unlabelled, not background.
+            label_box = tuple(float(v) for v in plan.labels.total_bounds)
+            with open_slide(plan.section.slide, mpp=plan.section.slide_mpp) as slide:
+                for x0, y0 in plan.origins:
+                    image = slide.read_region(x0, y0, patch, patch, mpp)
+                    t, stats = refine_tile_targets(
+                        plan.labels, image, x0, y0, plan.sx, plan.sy, classes, mpp,
+                        snap_um=snap_um, ignore_unlabelled=ignore_unlabelled,
+                    )  # fmt: skip
+                    for key in totals:
+                        totals[key] += stats[key]
+                    t.weight *= _inside_mask(label_box, x0, y0, plan.sx, plan.sy, patch)
+                    writer.write(i, image, t)
+                    i += 1
+                    bar.update()
+        bar.close()
+        writer.finish()
+        source = np.concatenate([np.full(len(p.origins), k) for k, p in enumerate(plans)])
+        split = np.concatenate([p.split for p in plans])
+        _write_provenance(
+            root, source, np.concatenate([p.origins[:, 0] for p in plans]),
+            np.concatenate([p.origins[:, 1] for p in plans]),
+            np.concatenate([p.block for p in plans]), split,
+        )  # fmt: skip
+        section_info = [
+            {"name": p.name, "slide": str(p.section.slide), "val": bool(p.section.val),
+             "labels": str(p.section.labels) if isinstance(p.section.labels, str | Path) else None,
+             "n_patches": len(p.origins), "n_val": int(p.split.sum()), "block_um": p.block_um}
+            for p in plans
+        ]  # fmt: skip
+        extra = {"block_um": plans[0].block_um, "guard_um": guard_um, "stride": stride,
+                 "val_fraction": val_fraction, "seed": seed, "sections": section_info,
+                 "snap_um": snap_um, "ignore_unlabelled": bool(ignore_unlabelled),
+                 "label_repairs": totals}  # fmt: skip
+        root.attrs.update(_attrs(classes, mpp, patch, names, split, **extra))
     return out_zarr
 
 
