@@ -85,3 +85,13 @@ def test_refine_tile_targets_snaps_and_ignores():
     assert fixed.weight[72, 40] == 0  # ignored, not taught as background
     # The shifted outline now sits on its H&E nucleus: its left edge is covered.
     assert plain.inst[24, 19] == 0 and fixed.inst[24, 19] > 0
+
+
+def test_refine_tile_targets_with_a_label_drawn_nowhere():
+    """A label that covers no pixel centre (drawn nowhere, last in the tile) keeps its place."""
+    image, labels = _tile_with_missing_and_shifted_nuclei()
+    hidden = gpd.GeoDataFrame({"image_class": ["epithelial"]},
+                              geometry=[shapely.Point(90.2, 90.2).buffer(0.1)])  # fmt: skip
+    both = gpd.GeoDataFrame(gpd.pd.concat([labels, hidden], ignore_index=True))
+    fixed, stats = refine_tile_targets(both, image, 0, 0, 1, 1, CLASSES, 0.5, snap_um=3.0)
+    assert stats["snapped"] == 1 and fixed.inst.max() == 2

@@ -137,7 +137,9 @@ def refine_tile_targets(
             box = shapely.box(x0, y0, x0 + shape[1] * sx, y0 + shape[0] * sy)
             idx = np.sort(labels.sindex.query(box, predicate="intersects"))
             sub = labels.iloc[idx].copy()
-            level0 = offsets[1 : len(idx) + 1] * (sx, sy)
+            # Instance i is row i - 1 of the tile's labels; rows drawn nowhere keep (0, 0).
+            level0 = np.zeros((len(idx), 2))
+            level0[: len(offsets) - 1] = offsets[1:] * (sx, sy)
             sub = sub.set_geometry(shift_geometries(np.asarray(sub.geometry.values), level0))
             targets = rasterize_targets(sub, x0, y0, sx, sy, shape, classes)
             stats["snapped"] = int(moved.sum())
