@@ -14,7 +14,16 @@ import click
 from wsi_stnuc import __version__
 from wsi_stnuc.errors import InputError
 
-from . import demo_cmd, eval_cmd, infer_cmds, slide_cmds, st_cmds, taxonomy_cmd, train_cmds
+from . import (
+    demo_cmd,
+    eval_cmd,
+    infer_cmds,
+    models_cmd,
+    slide_cmds,
+    st_cmds,
+    taxonomy_cmd,
+    train_cmds,
+)
 
 # Errors that describe bad input or a missing resource: shown as one line, no traceback.
 USER_ERRORS = (InputError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError)
@@ -47,7 +56,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     )
 
 
-for _module in (demo_cmd, slide_cmds, st_cmds, taxonomy_cmd, train_cmds, eval_cmd, infer_cmds):
+_MODULES = (demo_cmd, slide_cmds, st_cmds, taxonomy_cmd, train_cmds, eval_cmd, infer_cmds,
+            models_cmd)  # fmt: skip
+for _module in _MODULES:
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
