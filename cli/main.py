@@ -16,8 +16,9 @@ from wsi_stnuc.errors import InputError
 
 from . import demo_cmd, eval_cmd, infer_cmds, slide_cmds, st_cmds, taxonomy_cmd, train_cmds
 
-# Errors that describe bad input or a missing resource: shown as one line, no traceback.
-USER_ERRORS = (InputError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError)
+# Errors that describe bad input or the machine (a missing file, a full disk): shown as one
+# line, no traceback; an OSError's message names the file it concerns.
+USER_ERRORS = (InputError, OSError, ValueError)
 
 
 class _Group(click.Group):
