@@ -47,10 +47,17 @@ def test_safe_name():
     assert safe_name("ok-name_1.2") == "ok-name_1.2"
 
 
+def _stems(rows) -> dict[str, dict]:
+    return {Path(r["path"]).name.split(".")[0]: r for r in rows}
+
+
 def test_collect_folder_glob_manifest(cohort_dir, tmp_path):
     jobs = collect_slides([cohort_dir])
-    assert [j.name for j in jobs] == ["a", "b"]
-    assert [j.name for j in collect_slides([str(cohort_dir / "**" / "*.tif*")])] == ["a", "b"]
+    names = [j.name for j in jobs]
+    assert [n.rsplit("-", 1)[0] for n in names] == ["a", "b"]
+    assert [j.name for j in collect_slides([str(cohort_dir / "**" / "*.tif*")])] == names
+    # a slide's name comes from its own path, not from what else is listed
+    assert collect_slides([cohort_dir / "sub" / "b.tiff"])[0].name == names[1]
     manifest = tmp_path / "m.csv"
     pd.DataFrame(
         {
@@ -61,10 +68,15 @@ def test_collect_folder_glob_manifest(cohort_dir, tmp_path):
         }
     ).to_csv(manifest, index=False)  # fmt: skip
     jobs = collect_slides([manifest], mpp=0.5)
-    assert [j.name for j in jobs] == ["evil", "abs_path", "we_rd_name", "a"]
-    assert [j.mpp for j in jobs] == [0.25, 0.5, 0.5, 0.5]
-    # names collide -> numbered
-    assert [j.name for j in collect_slides([cohort_dir / "a.tif"] * 3)] == ["a", "a-2", "a-3"]
+    # one job per file: the later rows of a.tif are the same slide
+    assert [j.name for j in jobs] == ["evil", "abs_path"]
+    assert [j.mpp for j in jobs] == [0.25, 0.5]
+    assert len(collect_slides([cohort_dir / "a.tif"] * 3)) == 1
+    two = tmp_path / "two.csv"
+    pd.DataFrame({"path": [str(cohort_dir / "a.tif"), str(cohort_dir / "sub/b.tiff")],
+                  "name": ["same", "same"]}).to_csv(two, index=False)  # fmt: skip
+    with pytest.raises(InputError, match="also given"):
+        collect_slides([two])
     with pytest.raises(InputError, match="nothing_here"):
         collect_slides([tmp_path / "nothing_here"])
     bad = tmp_path / "bad.csv"
@@ -94,21 +106,25 @@ def test_bad_slides_are_recorded_and_the_rest_go_on(cohort_dir, tmp_path):
     rgb = np.full((64, 64, 3), 200, np.uint8)
     tifffile.imwrite(folder / "nompp.tif", rgb, photometric="rgb")
     res = run_cohort([folder], H.oracle(), tmp_path / "out", progress=False, **OPTS)
-    status = {r["name"]: r["status"] for r in res.rows}
+    rows = _stems(res.rows)
+    status = {k: r["status"] for k, r in rows.items()}
     assert status == {"a": "ok", "b": "ok", "corrupt": "failed", "nompp": "failed"}
-    errors = {r["name"]: r["error"] for r in res.rows}
-    assert "corrupt.svs" in errors["corrupt"]
-    assert "mpp" in errors["nompp"]
+    assert "corrupt.svs" in rows["corrupt"]["error"]
+    assert "mpp" in rows["nompp"]["error"]
     manifest = pd.read_csv(res.manifest)
-    assert sorted(manifest["name"]) == ["a", "b", "corrupt", "nompp"]
+    assert sorted(manifest["name"]) == sorted(r["name"] for r in res.rows)
+    assert set(manifest["path"]) == {str((folder / f).resolve()) for f in
+                                     ("a.tif", "b.tiff", "corrupt.svs", "nompp.tif")}  # fmt: skip
     summary = pd.read_csv(tmp_path / "out" / SUMMARY)
-    assert sorted(summary["name"]) == ["a", "b"]
+    assert sorted(summary["name"]) == sorted([rows["a"]["name"], rows["b"]["name"]])
     assert (summary["nuclei_per_mm2"] > 0).all()
     n = summary["n_nuclei"].to_numpy()
     assert (
         summary[[c for c in summary if c.startswith("n_") and c != "n_nuclei"]].sum(1) == n
     ).all()
     assert not list((tmp_path / "out").rglob("*.partial"))
+    assert not list((tmp_path / "out").glob("*.parts")), "failed slides leave no parts"
+    assert not list((tmp_path / "out").glob("*.lock"))
 
 
 def test_serial_and_distributed_agree(cohort_dir, tmp_path):
@@ -118,7 +134,7 @@ def test_serial_and_distributed_agree(cohort_dir, tmp_path):
         progress=False, **OPTS,
     )  # fmt: skip
     assert serial.n_failed == dist.n_failed == 0
-    for name in ("a", "b"):
+    for name in (r["name"] for r in serial.rows):
         a = gpd.read_parquet(tmp_path / "s" / f"{name}.parquet")
         b = gpd.read_parquet(tmp_path / "d" / f"{name}.parquet")
         pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))

@@ -75,12 +75,18 @@ def oracle_forward(images: np.ndarray) -> list[tuple[np.ndarray, pd.DataFrame]]:
     return out
 
 
+# the discs are at most 7 px (3.5 µm) in radius, 38 µm²: a 40 µm² guard lets the tests use
+# halos of 16 px at the oracle's 0.5 µm/px
+ORACLE_MAX_AREA_UM2 = 40.0
+
+
 def oracle(mpp: float = 0.5, forward=oracle_forward) -> Segmenter:
-    return Segmenter(forward, mpp, CLASSES, identity={"name": "oracle"})
+    return Segmenter(forward, mpp, CLASSES, identity={"name": "oracle"},
+                     max_area_um2=ORACLE_MAX_AREA_UM2)  # fmt: skip
 
 
-class Crash(RuntimeError):
-    pass
+class Crash(BaseException):
+    """Stands for a kill: not an ``Exception``, so the parts stay for ``resume``."""
 
 
 def crashing(after_tiles: int):
@@ -267,7 +273,7 @@ def test_plain_callable_model(slide, tmp_path):
     def model(images):
         return oracle_forward(images)
 
-    model.mpp, model.classes = 0.5, CLASSES
+    model.mpp, model.classes, model.max_area_um2 = 0.5, CLASSES, ORACLE_MAX_AREA_UM2
     assert _run(model, path, tmp_path).n_nuclei == len(discs)
     with pytest.raises(TypeError, match="mpp"):
         _run(oracle_forward, path, tmp_path / "x")
