@@ -111,3 +111,11 @@ def test_dataset_with_a_taxonomy_then_soft_class_training(tmp_path):
     res = runner.invoke(cli, ["train", str(tmp_path / "plain.zarr"), "--out",
                               str(tmp_path / "no"), *train_args])  # fmt: skip
     assert res.exit_code == 2 and "no class probabilities" in res.output
+
+
+def test_train_with_an_unusable_device_fails_once_up_front(tmp_path):
+    (tmp_path / "ds").mkdir()
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "o"),
+                                   "--device", "gpu0"])  # fmt: skip
+    assert res.exit_code == 2 and "--device 'gpu0'" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o").exists()

@@ -19,8 +19,8 @@ from wsi_stnuc.evaluation.baseline import classical_instances
 from wsi_stnuc.evaluation.metrics import evaluate_polygons
 from wsi_stnuc.formats import NucleusCols
 from wsi_stnuc.inference.infer import Segmenter, infer_slide
-from wsi_stnuc.model.postprocess import MAX_NUCLEUS_AREA_UM2
 from wsi_stnuc.inference.stitch import label_centroids
+from wsi_stnuc.model.postprocess import MAX_NUCLEUS_AREA_UM2
 
 MPP = 0.5
 
