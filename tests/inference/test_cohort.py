@@ -277,3 +277,33 @@ def test_halo_too_small_for_the_largest_nucleus_is_refused_up_front(tmp_path):
         run_cohort([slides], H.oracle(), tmp_path / "out", progress=False,
                    **{**OPTS, "halo": 8})  # fmt: skip
     assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_two_runs_on_one_folder_never_mix(tmp_path):
+    """Two runs at once on the same --out with other batch sizes: each slide is written by
+    one of them (the other skips it or redoes it after), never from both runs' batches."""
+    import threading
+
+    slides = _slides(tmp_path / "slides", "a.tif", "b.tif", "c.tif")
+    ref = run_cohort([slides], H.oracle(), tmp_path / "ref", progress=False, **OPTS)
+    out, results = tmp_path / "out", {}
+
+    def run(batch_size: int) -> None:
+        opts = {**OPTS, "batch_size": batch_size}
+        results[batch_size] = run_cohort([slides], H.oracle(), out, progress=False, **opts)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in (1, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for res in results.values():
+        assert {r["status"] for r in res.rows} <= {"ok", "locked"}
+    for row in ref.rows:
+        a = gpd.read_parquet(row["parquet"])
+        b = gpd.read_parquet(out / f"{row['name']}.parquet")
+        pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
+    manifest = pd.read_csv(out / MANIFEST)
+    assert sorted(manifest["name"]) == sorted(r["name"] for r in ref.rows)
+    assert (manifest["status"] == "ok").all()
+    assert not list(out.glob("*.lock")) and not list(out.glob("*.parts"))

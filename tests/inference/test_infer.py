@@ -192,6 +192,10 @@ def test_resume_after_kill_is_identical(slide, tmp_path):
     n_done = len(list(parts.glob("batch-*.parquet")))
     assert 0 < n_done < full.n_tiles // 4
     assert not (tmp_path / "resumed" / "syn.parquet").exists()
+    from wsi_stnuc.inference.infer import _done_parts
+
+    _, before = _done_parts(parts)
+    assert before > 0  # the killed run's time travels with its parts
     calls = []
 
     def counting(images):
@@ -205,6 +209,7 @@ def test_resume_after_kill_is_identical(slide, tmp_path):
     pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
     assert shapely.equals_exact(a.geometry.to_numpy(), b.geometry.to_numpy(), 0).all()
     assert Path(full.geojson).read_bytes() == Path(resumed.geojson).read_bytes()
+    assert resumed.seconds >= before  # counts the killed run too, not only the resumed part
     # a finished slide is skipped on the next resume
     calls.clear()
     again = _run(oracle(forward=counting), path, tmp_path / "resumed")
