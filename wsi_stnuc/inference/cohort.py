@@ -113,26 +113,27 @@ def _scan_folder(folder: Path) -> list[Path]:
 
 def _read_manifest(csv_path: Path) -> list[tuple[Path, float | None, str | None]]:
     try:
-        table = pd.read_csv(csv_path, dtype={"path": str, "name": str})
+        table = pd.read_csv(csv_path, dtype={Cohort.PATH: str, Cohort.NAME: str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(csv_path, f"cannot read manifest CSV ({exc})") from exc
-    if "path" not in table.columns:
+    if Cohort.PATH not in table.columns:
         raise InputError(csv_path, "manifest needs a 'path' column (optional: mpp, name)")
     rows = []
     for i, rec in enumerate(table.to_dict("records")):
-        if not isinstance(rec["path"], str) or not rec["path"].strip():
+        if not isinstance(rec[Cohort.PATH], str) or not rec[Cohort.PATH].strip():
             raise InputError(csv_path, f"row {i + 2}: empty path")
-        path = Path(rec["path"])
+        path = Path(rec[Cohort.PATH])
         path = path if path.is_absolute() else csv_path.parent / path
-        mpp = rec.get("mpp")
+        mpp = rec.get(Cohort.MPP)
         try:
             mpp = None if mpp is None or pd.isna(mpp) else float(mpp)
         except (TypeError, ValueError) as exc:
             raise InputError(csv_path, f"row {i + 2}: mpp {mpp!r} is not a number") from exc
-        name = rec.get("name")
+        name = rec.get(Cohort.NAME)
         name = None if name is None or pd.isna(name) else safe_name(str(name))
         if name == "":
-            raise InputError(csv_path, f"row {i + 2}: name {rec['name']!r} has no usable letters")
+            raise InputError(csv_path, f"row {i + 2}: name {rec[Cohort.NAME]!r} has no usable "
+                                       "letters")  # fmt: skip
         rows.append((path, mpp, name))
     return rows
 

@@ -40,7 +40,9 @@ def read_manifest(out_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=columns)
     try:
-        frame = pd.read_csv(path, dtype={"name": str, "path": str, "error": str}, keep_default_na=False)
+        # text as written: a failed slide's empty counts stay empty, not NaN
+        frame = pd.read_csv(path, dtype={"name": str, "path": str, "error": str},
+                            keep_default_na=False)  # fmt: skip
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         log.warning("%s: unreadable manifest, rebuilding it from this run (%s)", path, exc)
         return pd.DataFrame(columns=columns)
