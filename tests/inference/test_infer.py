@@ -282,3 +282,17 @@ def test_plain_callable_model(slide, tmp_path):
     assert _run(model, path, tmp_path).n_nuclei == len(discs)
     with pytest.raises(TypeError, match="mpp"):
         _run(oracle_forward, path, tmp_path / "x")
+
+
+def test_a_name_holding_another_slides_results_is_refused(slide, tmp_path):
+    from wsi_stnuc.errors import InputError
+
+    path, _ = slide
+    other = tmp_path / "other.tif"
+    other.write_bytes(path.read_bytes())
+    _run(oracle(), path, tmp_path / "out", name="x", qupath=False)
+    with pytest.raises(InputError, match="already holds the results of"):
+        _run(oracle(), other, tmp_path / "out", name="x", qupath=False)
+    assert json.loads((tmp_path / "out" / "x.summary.json").read_text())["slide_path"] == str(
+        path.resolve()
+    )

@@ -435,9 +435,9 @@ def _reusable(paths: dict[str, Path], identity: SlideIdentity, key: str) -> Slid
 
 def _check_name_free(paths: dict[str, Path], name: str, identity: SlideIdentity) -> None:
     """Refuse to write over the results of another slide file kept under ``name``."""
-    for record, key in ((paths["summary"], "slide"), (paths["parts"] / RUN_FILE, "slide")):
+    for record in (paths["summary"], paths["parts"] / RUN_FILE):
         try:
-            other = json.loads(record.read_text()).get(key) or {}
+            other = json.loads(record.read_text()).get("slide") or {}
         except (OSError, ValueError, AttributeError):
             continue
         if other.get("path") not in (None, identity.path):
