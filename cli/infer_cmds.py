@@ -16,9 +16,14 @@ import click
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder (GeoParquet, QuPath GeoJSON, manifest, summary).")  # fmt: skip
 @click.option("--resume", is_flag=True,
-              help="Skip finished slides and continue partial ones where they stopped.")  # fmt: skip
-@click.option("--mpp", type=float, default=None,
-              help="µm/px at level 0 for slides without it (a manifest's mpp column wins).")  # fmt: skip
+              help="Skip finished slides and continue partial ones where they stopped, if "
+                   "made from the same file, model and settings (else recompute).")  # fmt: skip
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="µm/px at level 0 for slides and images that state none (a manifest's mpp "
+                   "column wins); a file's own value is kept.")  # fmt: skip
+@click.option("--force-mpp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="µm/px at level 0 for every slide, replacing the files' own values "
+                   "(recorded as forced in the outputs).")  # fmt: skip
 @click.option("--qupath/--no-qupath", default=True, show_default=True,
               help="Also write QuPath GeoJSON.")  # fmt: skip
 @click.option("--qupath-cells", is_flag=True,
@@ -33,8 +38,14 @@ import click
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--core", type=click.IntRange(min=16), default=512, show_default=True,
               help="Tile core size (model pixels).")  # fmt: skip
-@click.option("--halo", type=click.IntRange(min=0), default=64, show_default=True,
-              help="Tile halo (model pixels); must exceed the largest nucleus.")  # fmt: skip
+@click.option("--halo", type=click.IntRange(min=1), default=None,
+              help="Tile halo (model pixels); must hold the largest nucleus (--max-area). "
+                   "Default: the smallest that does.")  # fmt: skip
+@click.option("--min-area", "min_area_um2", type=click.FloatRange(min=0), default=None,
+              help="Smallest nucleus kept, µm² (default: the model's, else 4).")  # fmt: skip
+@click.option("--max-area", "max_area_um2", type=click.FloatRange(min=0, min_open=True),
+              default=None,
+              help="Largest nucleus kept, µm² (default: the model's, else 500).")  # fmt: skip
 @click.option("--tissue/--no-tissue", default=True, show_default=True,
               help="Only process tiles that touch detected tissue.")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -49,6 +60,7 @@ def infer(
     out_dir: Path,
     resume: bool,
     mpp: float | None,
+    force_mpp: float | None,
     qupath: bool,
     qupath_cells: bool,
     zipped: bool | None,
@@ -57,34 +69,49 @@ def infer(
     device: str,
     batch_size: int,
     core: int,
-    halo: int,
+    halo: int | None,
+    min_area_um2: float | None,
+    max_area_um2: float | None,
     tissue: bool,
     workers: int | None,
     reader: str,
 ) -> None:
-    """Segment and classify nuclei in slides: INPUTS are slide files, folders, globs or CSV
-    manifests (columns: path, optional mpp and name). Exits with 1 if any slide failed."""
-    from wsi_stnuc.errors import InputError
+    """Segment and classify nuclei in slides: INPUTS are slide files, PNG/JPEG images, folders,
+    globs or CSV manifests (columns: path, optional mpp and name). Exits with 1 if any slide
+    failed or was held by another run, 2 on bad options (checked before any slide)."""
     from wsi_stnuc.inference.cohort import run_cohort
 
     if scheduler and local_cluster:
         raise click.UsageError("--scheduler and --local-cluster are exclusive")
-    if not model_path.is_file():
-        raise InputError(model_path, "model checkpoint not found")
     result = run_cohort(
-        list(inputs), model_path, out_dir,
+        list(inputs), resolve_model(model_path), out_dir,
         resume=resume, scheduler=scheduler, local_cluster=local_cluster, mpp=mpp,
-        device=device, batch_size=batch_size, core=core, halo=halo, tissue=tissue,
-        qupath=qupath, qupath_zip=zipped, qupath_cells=qupath_cells, workers=workers,
-        reader=reader,
+        force_mpp=force_mpp, device=device, batch_size=batch_size, core=core, halo=halo,
+        min_area_um2=min_area_um2, max_area_um2=max_area_um2, tissue=tissue, qupath=qupath,
+        qupath_zip=zipped, qupath_cells=qupath_cells, workers=workers, reader=reader,
     )  # fmt: skip
-    n_ok = len(result.rows) - result.n_failed
+    n_ok = sum(r["status"] == "ok" for r in result.rows)
     click.echo(f"{n_ok} of {len(result.rows)} slides done; manifest: {result.manifest}")
     for row in result.rows:
-        if row["status"] != "ok":
+        if row["status"] == "failed":
             click.secho(f"failed: {row['path']}: {row['error']}", fg="red", err=True)
-    if result.n_failed:
+        elif row["status"] == "locked":
+            click.secho(f"skipped, another run is writing it: {row['path']}: {row['error']}",
+                        fg="yellow", err=True)  # fmt: skip
+    for line in result.write_errors:
+        click.secho(f"error: {line}", fg="red", err=True)
+    if result.n_failed or result.n_locked or result.write_errors:
         raise SystemExit(1)
+
+
+def resolve_model(model_path: Path) -> Path:
+    """The checkpoint to use (the one place to add a default model); loading and checking it
+    is the library's job (``inference.cohort.check_run``)."""
+    from wsi_stnuc.errors import InputError
+
+    if not model_path.is_file():
+        raise InputError(model_path, "model checkpoint not found")
+    return model_path
 
 
 COMMANDS = [infer]

@@ -25,8 +25,9 @@ from . import (
     train_cmds,
 )
 
-# Errors that describe bad input or a missing resource: shown as one line, no traceback.
-USER_ERRORS = (InputError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError)
+# Errors that describe bad input or the machine (a missing file, a full disk): shown as one
+# line, no traceback; an OSError's message names the file it concerns.
+USER_ERRORS = (InputError, OSError, ValueError)
 
 
 class _Group(click.Group):

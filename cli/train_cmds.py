@@ -156,8 +156,10 @@ def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretr
     """Train the nucleus network on a patch dataset."""
     import pandas as pd
 
+    from wsi_stnuc.model.device import check_device
     from wsi_stnuc.training.train import LOG, TrainConfig, train_model
 
+    check_device(device)  # once, before the dataset is opened: one line, exit 2
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, width=width, depth=depth, encoder=encoder,
         pretrained_path=str(pretrained) if pretrained else None, device=device,

@@ -30,6 +30,7 @@ wsi-stnuc train "$work/dataset.zarr" --out "$work/model" --epochs 30 --max-minut
 # 4. whole-slide inference (a folder, a glob or a CSV manifest work the same), resumable
 wsi-stnuc infer --model "$work/model/best.pt" "$slide" --out "$work/results" --resume
 
-# 5. score against the generator's truth (whole slide, including the training area)
-wsi-stnuc evaluate "$work/results/slide.parquet" "$work/bundle/truth.parquet" \
+# 5. score against the generator's truth (whole slide, including the training area); outputs
+#    are named STEM-HASH (manifest.csv maps each slide's path to its name)
+wsi-stnuc evaluate "$work/results"/slide-*.parquet "$work/bundle/truth.parquet" \
     --json "$work/scores.json"

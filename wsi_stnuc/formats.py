@@ -131,3 +131,21 @@ class Slide:
     OPENSLIDE_VENDOR = "openslide.vendor"
     OPENSLIDE_OBJECTIVE = "openslide.objective-power"
     OME_ZARR_MULTISCALES = "multiscales"
+
+
+class Cohort:
+    """Files and columns of a cohort run's output folder (``inference.manifest``)."""
+
+    MANIFEST = "manifest.csv"
+    SUMMARY = "cohort_summary.csv"
+    # the input manifest a user writes: path (required), mpp, name
+    PATH = "path"
+    MPP = "mpp"
+    NAME = "name"
+    # one output manifest row per slide, keyed by the slide's resolved path; ``name`` is the
+    # stem of the slide's outputs (NAME.parquet, NAME.geojson[.zip], NAME.summary.json)
+    MANIFEST_COLUMNS = (
+        "name", "path", "size", "mtime_ns", "status", "error", "mpp", "mpp_source",
+        "model", "settings_key", "parquet", "geojson", "summary", "n_nuclei",
+        "tissue_area_mm2", "seconds", "finished",
+    )  # fmt: skip

@@ -140,3 +140,11 @@ def test_dataset_from_several_sections(tmp_path):
     res = runner.invoke(cli, ["dataset", "--sections", str(csv), "--val-section", "liver",
                               "--out", str(tmp_path / "y.zarr")])  # fmt: skip
     assert res.exit_code == 2 and "liver" in res.output
+
+
+def test_train_with_an_unusable_device_fails_once_up_front(tmp_path):
+    (tmp_path / "ds").mkdir()
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "o"),
+                                   "--device", "gpu0"])  # fmt: skip
+    assert res.exit_code == 2 and "--device 'gpu0'" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o").exists()

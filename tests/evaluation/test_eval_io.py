@@ -223,3 +223,21 @@ def test_real_monuseg_and_consep(data_dir):
     npz = require(data_dir / "nuclei" / "consep_train" / "labels" / "train_1_000.npz")
     con = load_instances(npz, mpp=0.25)
     assert evaluate(con, con)["pq"] == 1.0 and evaluate(con, con)["f1c"]
+
+
+def test_polygons_outside_a_label_image_are_reported(tmp_path, caplog):
+    """Predictions rasterised onto a reference image lose what lies outside it: a few are a
+    warning, most are refused (slide-wide predictions against one ROI's labels)."""
+    ref_path = tmp_path / "ref.npy"
+    np.save(ref_path, _label_image())
+    ref = load_instances(ref_path, mpp=0.5)
+    pred_path = tmp_path / "pred.parquet"
+    write_geoparquet(_gdf(BOXES + [(100, 100, 106, 106)], ("epi",) * 4), pred_path,
+                     metadata={"slide": {"mpp": [0.5, 0.5]}})  # fmt: skip
+    res = evaluate(load_instances(pred_path), ref)
+    assert "1 of 4 polygons lie outside the 24 x 24 px label image" in caplog.text
+    assert res["tp"] == 3
+    far = [(x + 500, y, x1 + 500, y1) for x, y, x1, y1 in BOXES]
+    write_geoparquet(_gdf(far), pred_path, metadata={"slide": {"mpp": [0.5, 0.5]}})
+    with pytest.raises(InputError, match="3 of 3 polygons lie outside"):
+        evaluate(load_instances(pred_path), ref)

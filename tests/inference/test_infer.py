@@ -75,12 +75,18 @@ def oracle_forward(images: np.ndarray) -> list[tuple[np.ndarray, pd.DataFrame]]:
     return out
 
 
+# the discs are at most 7 px (3.5 µm) in radius, 38 µm²: a 40 µm² guard lets the tests use
+# halos of 16 px at the oracle's 0.5 µm/px
+ORACLE_MAX_AREA_UM2 = 40.0
+
+
 def oracle(mpp: float = 0.5, forward=oracle_forward) -> Segmenter:
-    return Segmenter(forward, mpp, CLASSES, identity={"name": "oracle"})
+    return Segmenter(forward, mpp, CLASSES, identity={"name": "oracle"},
+                     max_area_um2=ORACLE_MAX_AREA_UM2)  # fmt: skip
 
 
-class Crash(RuntimeError):
-    pass
+class Crash(BaseException):
+    """Stands for a kill: not an ``Exception``, so the parts stay for ``resume``."""
 
 
 def crashing(after_tiles: int):
@@ -186,6 +192,10 @@ def test_resume_after_kill_is_identical(slide, tmp_path):
     n_done = len(list(parts.glob("batch-*.parquet")))
     assert 0 < n_done < full.n_tiles // 4
     assert not (tmp_path / "resumed" / "syn.parquet").exists()
+    from wsi_stnuc.inference.infer import _done_parts
+
+    _, before = _done_parts(parts)
+    assert before > 0  # the killed run's time travels with its parts
     calls = []
 
     def counting(images):
@@ -199,6 +209,7 @@ def test_resume_after_kill_is_identical(slide, tmp_path):
     pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
     assert shapely.equals_exact(a.geometry.to_numpy(), b.geometry.to_numpy(), 0).all()
     assert Path(full.geojson).read_bytes() == Path(resumed.geojson).read_bytes()
+    assert resumed.seconds >= before  # counts the killed run too, not only the resumed part
     # a finished slide is skipped on the next resume
     calls.clear()
     again = _run(oracle(forward=counting), path, tmp_path / "resumed")
@@ -267,7 +278,21 @@ def test_plain_callable_model(slide, tmp_path):
     def model(images):
         return oracle_forward(images)
 
-    model.mpp, model.classes = 0.5, CLASSES
+    model.mpp, model.classes, model.max_area_um2 = 0.5, CLASSES, ORACLE_MAX_AREA_UM2
     assert _run(model, path, tmp_path).n_nuclei == len(discs)
     with pytest.raises(TypeError, match="mpp"):
         _run(oracle_forward, path, tmp_path / "x")
+
+
+def test_a_name_holding_another_slides_results_is_refused(slide, tmp_path):
+    from wsi_stnuc.errors import InputError
+
+    path, _ = slide
+    other = tmp_path / "other.tif"
+    other.write_bytes(path.read_bytes())
+    _run(oracle(), path, tmp_path / "out", name="x", qupath=False)
+    with pytest.raises(InputError, match="already holds the results of"):
+        _run(oracle(), other, tmp_path / "out", name="x", qupath=False)
+    assert json.loads((tmp_path / "out" / "x.summary.json").read_text())["slide_path"] == str(
+        path.resolve()
+    )

@@ -372,6 +372,32 @@ def _resolve_mpp(pred: Instances, ref: Instances, mpp: float | None) -> float:
     return float(found[0])
 
 
+# share of a polygon side that may lie outside the label image before the pairing is refused
+# as a frame mismatch (e.g. slide-wide predictions against the label image of one ROI)
+MAX_OUTSIDE_SHARE = 0.5
+
+
+def _check_inside(side: Instances, shape: tuple[int, int], raster_source) -> None:
+    """Polygons rasterised onto a label image lose whatever falls outside it: warn about a
+    few, refuse when most are outside (the two are not in the same frame)."""
+    import shapely
+
+    geoms = side.polygons.geometry.to_numpy()
+    if len(geoms) == 0:
+        return
+    c = shapely.get_coordinates(shapely.centroid(geoms))
+    rows, cols = shape
+    outside = int(((c[:, 0] < 0) | (c[:, 0] >= cols) | (c[:, 1] < 0) | (c[:, 1] >= rows)).sum())
+    if outside == 0:
+        return
+    msg = (f"{outside} of {len(geoms)} polygons lie outside the {cols} x {rows} px label image "
+           f"{raster_source}")  # fmt: skip
+    if outside > MAX_OUTSIDE_SHARE * len(geoms):
+        raise InputError(side.source, msg + "; are both in the same pixel frame? Crop the "
+                         "polygons to the image or compare polygons with polygons")  # fmt: skip
+    log.warning("%s: %s; they are left out of the scores", side.source, msg)
+
+
 def compare(pred: Instances, ref: Instances):
     """A :class:`wsi_stnuc.evaluation.metrics.Comparison` of ``pred`` against ``ref`` and its mode.
 
@@ -385,6 +411,10 @@ def compare(pred: Instances, ref: Instances):
         col = (tc, pc) if tc is not None and pc is not None else None
         return metrics.compare_polygons(ref.polygons, pred.polygons, col), "polygon"
     shape = (ref.inst if ref.is_raster else pred.inst).shape
+    raster = ref if ref.is_raster else pred
+    for side in (ref, pred):
+        if not side.is_raster:
+            _check_inside(side, shape, raster.source)
     ref_r, pred_r = to_raster(ref, shape), to_raster(pred, shape)
     if ref_r.inst.shape != pred_r.inst.shape:
         raise InputError(

@@ -1,15 +1,20 @@
 """Run whole-slide inference over a cohort: serially, or one slide per Dask task.
 
-Inputs may be slide files, folders (searched recursively by slide extension), glob patterns,
-or CSV manifests with a ``path`` column (relative to the CSV) and optional ``mpp`` and
-``name`` columns. Each slide's outputs are named after a sanitised name that can never point
-outside the output folder. One failing slide (corrupt file, no mpp) is recorded in the
-manifest with its error and the others go on.
+Inputs may be slide files, plain images (PNG/JPEG), folders (searched recursively by
+extension), glob patterns, or CSV manifests with a ``path`` column (relative to the CSV) and
+optional ``mpp`` (µm/px for a file that states none) and ``name`` columns. A slide's outputs
+are named ``STEM-HASH`` (``inference.identity.output_name``: from its own path, the same
+whichever files a run sees) unless the manifest names it; names never point outside the
+output folder. The model, device and options are checked once, before any slide; one failing
+slide (corrupt file, no mpp) is recorded in the manifest with its error and the others go on,
+and a slide another run is writing (its lock held) is skipped and reported.
 
 Outputs in ``out_dir``: per slide ``NAME.parquet`` / ``NAME.geojson[.zip]`` /
-``NAME.summary.json`` (see :func:`wsi_stnuc.inference.infer.infer_slide`), ``manifest.csv`` (one row
-per slide: status, error, outputs; rewritten atomically after every slide) and
-``cohort_summary.csv`` (nuclei per class, density per mm² of tissue, seconds per slide).
+``NAME.summary.json`` (see :func:`wsi_stnuc.inference.infer.infer_slide`), ``manifest.csv``
+(one row per slide, path -> name, status, error, outputs; merged with earlier runs' rows
+after every slide, see ``inference.manifest``) and ``cohort_summary.csv`` (nuclei per class,
+density per mm² of tissue, seconds per slide). The manifest rows are what a cohort report
+reads (``inference.manifest.read_manifest``).
 
 Distributed runs use Dask distributed, one slide per task: ``local_cluster=N`` starts a
 ``LocalCluster`` of N single-threaded workers (one per GPU where GPUs exist, each worker
@@ -28,33 +33,35 @@ Every worker must see the slides, the model and ``out_dir`` at the same paths (s
 
 from __future__ import annotations
 
-import csv
 import glob
 import logging
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from wsi_stnuc.errors import InputError
-from wsi_stnuc.io_utils import atomic_path
-from wsi_stnuc.slide.registry import TIFF_SUFFIXES, VENDOR_SUFFIXES, ZARR_SUFFIXES
+from wsi_stnuc.formats import Cohort
+from wsi_stnuc.inference.identity import SlideIdentity, output_name, safe_name
+from wsi_stnuc.inference.lock import LockHeld
+from wsi_stnuc.inference.manifest import merge_rows
+from wsi_stnuc.slide.registry import IMAGE_SUFFIXES, TIFF_SUFFIXES, VENDOR_SUFFIXES, ZARR_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = TIFF_SUFFIXES + VENDOR_SUFFIXES
-MANIFEST = "manifest.csv"
-SUMMARY = "cohort_summary.csv"
-UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+SLIDE_SUFFIXES = TIFF_SUFFIXES + VENDOR_SUFFIXES + IMAGE_SUFFIXES
+MANIFEST = Cohort.MANIFEST
+SUMMARY = Cohort.SUMMARY
 
 
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide to process: its path, an optional mpp override and its output name."""
+    """One slide to process: its path, its output name and the µm/px to use where the file
+    states none."""
 
     path: Path
     name: str
@@ -63,23 +70,19 @@ class SlideJob:
 
 @dataclass
 class CohortResult:
-    """Rows of the manifest (one dict per slide) and where the CSVs went."""
+    """This run's manifest rows (one dict per slide, ``status`` ok / failed / locked), where
+    the CSVs went, and the manifest writes that failed (one line each)."""
 
     rows: list[dict]
     manifest: Path
     summary: Path
+    write_errors: list[str] = field(default_factory=list)
     n_failed: int = field(init=False)
+    n_locked: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.n_failed = sum(r["status"] != "ok" for r in self.rows)
-
-
-def safe_name(name: str) -> str:
-    """A file-name stem that stays inside the output folder: letters, digits, ``._-`` only,
-    no leading dots (so ``../x`` -> ``x``, ``/abs/p`` -> ``abs_p``)."""
-    cleaned = UNSAFE_CHARS.sub("_", str(name)).strip("._-")
-    cleaned = re.sub(r"\.{2,}", ".", cleaned)
-    return cleaned
+        self.n_failed = sum(r["status"] == "failed" for r in self.rows)
+        self.n_locked = sum(r["status"] == "locked" for r in self.rows)
 
 
 def _slide_stem(path: Path) -> str:
@@ -110,32 +113,57 @@ def _scan_folder(folder: Path) -> list[Path]:
 
 def _read_manifest(csv_path: Path) -> list[tuple[Path, float | None, str | None]]:
     try:
-        table = pd.read_csv(csv_path, dtype={"path": str, "name": str})
+        table = pd.read_csv(csv_path, dtype={Cohort.PATH: str, Cohort.NAME: str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(csv_path, f"cannot read manifest CSV ({exc})") from exc
-    if "path" not in table.columns:
+    if Cohort.PATH not in table.columns:
         raise InputError(csv_path, "manifest needs a 'path' column (optional: mpp, name)")
     rows = []
     for i, rec in enumerate(table.to_dict("records")):
-        if not isinstance(rec["path"], str) or not rec["path"].strip():
+        if not isinstance(rec[Cohort.PATH], str) or not rec[Cohort.PATH].strip():
             raise InputError(csv_path, f"row {i + 2}: empty path")
-        path = Path(rec["path"])
+        path = Path(rec[Cohort.PATH])
         path = path if path.is_absolute() else csv_path.parent / path
-        mpp = rec.get("mpp")
+        mpp = rec.get(Cohort.MPP)
         try:
             mpp = None if mpp is None or pd.isna(mpp) else float(mpp)
         except (TypeError, ValueError) as exc:
             raise InputError(csv_path, f"row {i + 2}: mpp {mpp!r} is not a number") from exc
-        name = rec.get("name")
-        rows.append((path, mpp, None if name is None or pd.isna(name) else str(name)))
+        name = rec.get(Cohort.NAME)
+        name = None if name is None or pd.isna(name) else safe_name(str(name))
+        if name == "":
+            raise InputError(csv_path, f"row {i + 2}: name {rec[Cohort.NAME]!r} has no usable "
+                                       "letters")  # fmt: skip
+        rows.append((path, mpp, name))
     return rows
 
 
-def collect_slides(inputs: Sequence[str | Path], mpp: float | None = None) -> list[SlideJob]:
-    """Expand slide files, folders, globs and CSV manifests into unique, safely named jobs.
+def _unique_jobs(entries: list[tuple[Path, float | None, str | None]]) -> list[SlideJob]:
+    """One job per slide file (first mention wins); two files under one name are refused."""
+    jobs: list[SlideJob] = []
+    by_path: dict[str, SlideJob] = {}
+    by_name: dict[str, str] = {}
+    for path, row_mpp, name in entries:
+        key = str(path.resolve())
+        if key in by_path:
+            if name is not None and name != by_path[key].name:
+                log.warning("%s: listed twice; keeping the name %r", path, by_path[key].name)
+            continue
+        name = name or output_name(path, _slide_stem(path))
+        if by_name.get(name, key) != key:
+            raise InputError(path, f"output name {name!r} is also given to {by_name[name]}")
+        by_name[name] = key
+        by_path[key] = job = SlideJob(path, name, row_mpp)
+        jobs.append(job)
+    return jobs
 
-    ``mpp`` applies to slides whose manifest row gives none. Names that collide get ``-2``,
-    ``-3`` ... suffixes in input order. A missing input raises :class:`InputError`.
+
+def collect_slides(inputs: Sequence[str | Path], mpp: float | None = None) -> list[SlideJob]:
+    """Expand slide files, folders, globs and CSV manifests into one job per slide file.
+
+    ``mpp`` is the µm/px for slides that state none and whose manifest row gives none. Names
+    are the manifest's, else ``STEM-HASH`` of the file's own path. A missing input or two
+    files given one name raise :class:`InputError`.
     """
     entries: list[tuple[Path, float | None, str | None]] = []
     for item in inputs:
@@ -154,16 +182,8 @@ def collect_slides(inputs: Sequence[str | Path], mpp: float | None = None) -> li
             entries.append((path, None, None))
         else:
             raise InputError(path, "no such slide, folder, glob match or manifest")
-    jobs, used = [], set()
-    for path, row_mpp, name in entries:
-        base = safe_name(name if name is not None else _slide_stem(path)) or "slide"
-        unique, k = base, 1
-        while unique in used:
-            k += 1
-            unique = f"{base}-{k}"
-        used.add(unique)
-        jobs.append(SlideJob(path, unique, row_mpp if row_mpp is not None else mpp))
-    return jobs
+    entries = [(p, row_mpp if row_mpp is not None else mpp, n) for p, row_mpp, n in entries]
+    return _unique_jobs(entries)
 
 
 def _worker_device(device: str) -> str:
@@ -184,59 +204,47 @@ def _worker_device(device: str) -> str:
     return f"cuda:{index % n}"
 
 
+def _identity_fields(path: Path) -> dict:
+    try:
+        return SlideIdentity.of(path).to_dict()
+    except OSError:  # a missing or unreadable file: its row still names it
+        return {"path": str(path)}
+
+
 def run_slide(job: SlideJob, model, out_dir: str | Path, options: dict) -> dict:
-    """Process one slide, never raising: the manifest row with ``status`` ok or failed."""
+    """Process one slide, never raising: the manifest row, ``status`` ok, failed or locked
+    (another run holds the slide; such rows are reported, not written to the manifest)."""
     from wsi_stnuc.inference.infer import infer_slide
 
-    row = {"name": job.name, "path": str(job.path), "mpp": job.mpp, "status": "ok", "error": ""}
+    row = {"name": job.name, **_identity_fields(job.path), "status": "ok", "error": ""}
     try:
         opts = {**options, "device": _worker_device(options.get("device", "auto"))}
-        result = infer_slide(model, job.path, out_dir, name=job.name, mpp_override=job.mpp, **opts)
-    except Exception as exc:  # one bad slide must not stop the cohort; the row records it
-        log.error("slide failed: %s", exc)
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        result = infer_slide(model, job.path, out_dir, name=job.name, mpp=job.mpp, **opts)
+    except LockHeld as exc:
+        log.warning("slide skipped: %s", exc)
+        row.update(status="locked", error=str(exc))
         return row
+    except Exception as exc:  # one bad slide must not stop the cohort; the row records it
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+        log.error("slide failed: %s", message)
+        row.update(status="failed", error=message)
+        return row
+    settings = result.settings
     row.update(
+        mpp=settings.get("slide_mpp", [""])[0],
+        mpp_source=settings.get("mpp_source", ""),
+        model=settings.get("model", {}).get("name", ""),
+        settings_key=result.settings_key,
         parquet=result.parquet,
         geojson=result.geojson or "",
+        summary=str(Path(out_dir) / f"{job.name}.summary.json"),
         n_nuclei=result.n_nuclei,
         tissue_area_mm2=result.tissue_area_mm2,
         seconds=round(result.seconds, 3),
         class_counts=result.class_counts,
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return row
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL)
-
-
-def _manifest_frame(rows: list[dict]) -> pd.DataFrame:
-    cols = ["name", "path", "mpp", "status", "error", "parquet", "geojson", "n_nuclei", "seconds"]
-    frame = pd.DataFrame([{c: r.get(c, "") for c in cols} for r in rows], columns=cols)
-    return frame.sort_values("name", kind="stable")
-
-
-def _summary_frame(rows: list[dict]) -> pd.DataFrame:
-    ok = [r for r in rows if r["status"] == "ok"]
-    classes = sorted({c for r in ok for c in r["class_counts"]})
-    records = []
-    for r in ok:
-        area = r["tissue_area_mm2"]
-        rec = {"name": r["name"], "n_nuclei": r["n_nuclei"]}
-        rec.update({f"n_{c}": r["class_counts"].get(c, 0) for c in classes})
-        rec["tissue_area_mm2"] = area
-        rec["nuclei_per_mm2"] = r["n_nuclei"] / area if area > 0 else float("nan")
-        rec.update(
-            {f"{c}_per_mm2": r["class_counts"].get(c, 0) / area if area > 0 else float("nan")
-             for c in classes}
-        )  # fmt: skip
-        rec["seconds"] = r["seconds"]
-        records.append(rec)
-    columns = ["name", "n_nuclei", *[f"n_{c}" for c in classes], "tissue_area_mm2",
-               "nuclei_per_mm2", *[f"{c}_per_mm2" for c in classes], "seconds"]  # fmt: skip
-    return pd.DataFrame(records, columns=columns).sort_values("name", kind="stable")
 
 
 def _client(scheduler: str | None, local_cluster: int | None, processes: bool):
@@ -259,6 +267,40 @@ def _client(scheduler: str | None, local_cluster: int | None, processes: bool):
     return Client(cluster), cluster
 
 
+def _out_folder(out_dir: Path) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "--out is a file; it must be a folder (new or existing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out_dir, f"cannot create the output folder ({exc.strerror})") from exc
+    return out_dir
+
+
+def check_run(model, options: dict, distributed: bool):
+    """Load and check the model, device and tiling options once, before any slide.
+
+    Returns what to hand to each slide: the :class:`Segmenter` in a serial run, the
+    checkpoint path in a distributed one (each worker loads its own copy on its device).
+    """
+    from wsi_stnuc.inference.infer import _reader_scheduler
+    from wsi_stnuc.inference.segmenter import as_segmenter, size_guards
+    from wsi_stnuc.model.device import check_device
+
+    device = check_device(options.get("device", "auto"))
+    _reader_scheduler(options.get("reader", "threads"))
+    seg = as_segmenter(model, device, options.get("batch_size", 8))
+    guards = size_guards(seg, options.get("halo"), options.get("min_area_um2"),
+                         options.get("max_area_um2"))  # fmt: skip
+    core = int(options.get("core", 512))
+    if core < guards.halo_px:
+        read = (core + 2 * guards.halo_px) ** 2 / core**2
+        log.warning("--core %d is smaller than the halo (%d px): every tile reads %.0fx the "
+                    "pixels it keeps; use --core %d or more", core, guards.halo_px, read,
+                    4 * guards.halo_px)  # fmt: skip
+    return model if distributed and isinstance(model, str | Path) else seg
+
+
 def run_cohort(
     inputs: Sequence[str | Path],
     model,
@@ -274,15 +316,17 @@ def run_cohort(
 ) -> CohortResult:
     """Run :func:`wsi_stnuc.inference.infer.infer_slide` on every slide of ``inputs``.
 
-    ``model`` is a checkpoint path (each worker loads it) or a ``Segmenter``. Serial unless
-    ``scheduler`` (address of a Dask scheduler) or ``local_cluster`` (number of local workers;
-    ``processes=False`` keeps them in this process) is given. ``infer_options`` go to
-    ``infer_slide`` (``core``, ``halo``, ``batch_size``, ``device``, ``tissue``, ``qupath``,
-    ``qupath_zip``, ``qupath_cells``, ``workers``, ``reader``). Returns the manifest rows; failed slides
-    have ``status == "failed"`` and the error text.
+    ``model`` is a checkpoint path or a ``Segmenter``, checked once with the device and
+    options before any slide. Serial unless ``scheduler`` (address of a Dask scheduler) or
+    ``local_cluster`` (number of local workers; ``processes=False`` keeps them in this
+    process) is given. ``mpp`` is the µm/px for slides that state none (``force_mpp`` in
+    ``infer_options`` overrides every slide's). ``infer_options`` go to ``infer_slide``
+    (``core``, ``halo``, ``min_area_um2``, ``max_area_um2``, ``batch_size``, ``device``,
+    ``tissue``, ``qupath``, ``qupath_zip``, ``qupath_cells``, ``workers``, ``reader``,
+    ``force_mpp``). Returns this run's rows; failed slides have ``status == "failed"`` and the
+    error text, slides another run holds ``"locked"``.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_folder(Path(out_dir))
     jobs = collect_slides(inputs, mpp)
     if not jobs:
         raise InputError(None, f"no slides found in {list(map(str, inputs))}")
@@ -290,14 +334,25 @@ def run_cohort(
         target = (out_dir / job.name).resolve()
         if not target.is_relative_to(out_dir.resolve()):  # safe_name makes this unreachable
             raise InputError(job.path, f"output name {job.name!r} escapes {out_dir}")
-    manifest, summary = out_dir / MANIFEST, out_dir / SUMMARY
     distributed = scheduler is not None or local_cluster is not None
+    model = check_run(model, infer_options, distributed)
     options = {"resume": resume, "progress": progress and not distributed, **infer_options}
     rows: list[dict] = []
+    errors: list[str] = []
+    unwritten: list[dict] = []  # rows a failed manifest write left out; the next write tries
 
     def record(row: dict) -> None:
         rows.append(row)
-        _write_csv(manifest, _manifest_frame(rows))
+        if row["status"] == "locked":
+            return  # the run that holds the slide writes its row
+        unwritten.append(row)
+        try:
+            merge_rows(out_dir, unwritten)
+        except (OSError, InputError) as exc:  # a full disk, a manifest another run holds
+            errors.append(f"{out_dir / MANIFEST}: not updated for {row['path']} ({exc})")
+            log.error(errors[-1])
+        else:
+            unwritten.clear()
 
     bar = tqdm(total=len(jobs), desc="slides", unit="slide", disable=not progress)
     try:
@@ -310,9 +365,9 @@ def run_cohort(
                 bar.update(1)
     finally:
         bar.close()
-    _write_csv(summary, _summary_frame(rows))
-    result = CohortResult(rows, manifest, summary)
-    log.info("cohort: %d slides, %d failed", len(rows), result.n_failed)
+    result = CohortResult(rows, out_dir / MANIFEST, out_dir / SUMMARY, errors)
+    log.info("cohort: %d slides, %d failed, %d held by another run", len(rows),
+             result.n_failed, result.n_locked)  # fmt: skip
     return result
 
 

@@ -15,6 +15,12 @@ Pipeline for one slide (all stages overlap):
    ``1..N`` in tile order, with slide / model / class metadata) and ``OUT/NAME.geojson`` (or
    ``.geojson.zip``) for QuPath, then ``OUT/NAME.summary.json`` marks the slide finished.
 
+One run at a time writes a slide: ``OUT/NAME.lock`` (``inference.lock``) is held from the
+resume check to the last write. Finished and partial results are reused only for the same
+slide file (``inference.identity.SlideIdentity``), model and settings (a hash of them, kept in
+``summary.json`` and in the parts' ``run.json``); anything else is recomputed, and the log
+says why. A name that holds another slide's results is refused, never overwritten.
+
 The model is a :class:`Segmenter`: ``forward(images NHWC uint8) -> per-image raw outputs`` and
 ``postprocess(raw) -> (inst, info DataFrame)``. Any plain callable returning
 ``[(inst, info), ...]`` works too (tests use an oracle that returns known labels).
@@ -31,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +49,22 @@ import shapely
 from tqdm.auto import tqdm
 
 from wsi_stnuc.classes import UNKNOWN, ClassTable
+from wsi_stnuc.errors import InputError
 from wsi_stnuc.export.geoparquet import GeoParquetAppender, write_geoparquet
 from wsi_stnuc.export.qupath import expand_nuclei_to_cells, write_qupath_geojson
 from wsi_stnuc.formats import NucleusCols, QuPath
 from wsi_stnuc.inference.features import FEATURE_COLUMNS, nucleus_features
+from wsi_stnuc.inference.identity import SlideIdentity, settings_diff, settings_key
+from wsi_stnuc.inference.lock import LOCK_SUFFIX, locked
+from wsi_stnuc.inference.segmenter import (  # noqa: F401 - re-exported, the public names here
+    InstanceResult,
+    Segmenter,
+    SizeGuards,
+    as_segmenter,
+    checkpoint_segmenter,
+    model_tag,
+    size_guards,
+)
 from wsi_stnuc.inference.stitch import stitch_tile
 from wsi_stnuc.io_utils import atomic_path
 
@@ -59,72 +77,6 @@ CELL_EXPANSION_UM = 5.0
 RUN_FILE = "run.json"
 # tile-local columns that mean nothing in the slide table
 _TILE_LOCAL = ("label", "area_px")
-
-InstanceResult = tuple[np.ndarray, pd.DataFrame]
-
-
-@dataclass
-class Segmenter:
-    """A nucleus model for :func:`infer_slide`.
-
-    ``forward`` maps a uint8 batch ``N x H x W x 3`` to N raw outputs; ``postprocess`` turns
-    one raw output into ``(inst, info)`` (see ``model.postprocess.heads_to_instances``) and
-    runs in worker threads, overlapping the next forward. ``mpp`` is the model's µm/px,
-    ``classes`` its class table, ``identity`` what goes into the output metadata (and decides
-    whether partial results may be resumed).
-    """
-
-    forward: Callable[[np.ndarray], Sequence[Any]]
-    mpp: float
-    classes: ClassTable
-    postprocess: Callable[[Any], InstanceResult] | None = None
-    identity: dict = field(default_factory=dict)
-
-    def __call__(self, images: np.ndarray) -> list[InstanceResult]:
-        raw = self.forward(images)
-        return [self.postprocess(r) if self.postprocess else r for r in raw]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def checkpoint_segmenter(
-    path: str | Path, device: str = "auto", *, batch_size: int = 8, **postprocess_kwargs
-) -> Segmenter:
-    """A :class:`Segmenter` from a wsi-stnuc checkpoint (``NucleiNet`` + HoVer post-processing).
-
-    ``postprocess_kwargs`` go to ``heads_to_instances`` (thresholds, minimum area).
-    """
-    from wsi_stnuc.model.checkpoint import load_checkpoint
-    from wsi_stnuc.model.net import predict
-    from wsi_stnuc.model.postprocess import heads_to_instances
-
-    path = Path(path)
-    model, meta = load_checkpoint(path, device)
-
-    def forward(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        heads = predict(model, images, batch_size=batch_size)
-        return list(zip(heads["np"], heads["hv"], heads["tp"], strict=True))
-
-    def postprocess(raw: tuple[np.ndarray, np.ndarray, np.ndarray]) -> InstanceResult:
-        return heads_to_instances(*raw, **postprocess_kwargs)
-
-    identity = {
-        "name": path.name,
-        "sha256": _sha256(path),
-        "version": meta.get("version", ""),
-        "arch": meta.get("arch", {}),
-        "postprocess": postprocess_kwargs,
-    }
-    classes = meta["classes"]
-    if not isinstance(classes, ClassTable):  # the metadata holds the table or its dict form
-        classes = ClassTable.from_dict(classes)
-    return Segmenter(forward, float(meta["mpp"]), classes, postprocess, identity)
 
 
 @dataclass
@@ -142,15 +94,18 @@ class SlideResult:
     n_tiles: int
     model_tag: int
     classes: list[dict]
+    slide: dict = field(default_factory=dict)  # SlideIdentity.to_dict()
+    settings_key: str = ""
+    settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-def model_tag(identity: dict) -> int:
-    """A 24-bit number naming a model, stored on every exported QuPath object."""
-    text = json.dumps(identity, sort_keys=True, default=str)
-    return int(hashlib.sha256(text.encode()).hexdigest()[:6], 16)
+    @classmethod
+    def from_dict(cls, data: dict) -> SlideResult:
+        """From ``to_dict()`` output, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def slide_outputs(out_dir: Path, name: str) -> dict[str, Path]:
@@ -161,22 +116,8 @@ def slide_outputs(out_dir: Path, name: str) -> dict[str, Path]:
         "geojson_zip": out_dir / f"{name}.geojson.zip",
         "summary": out_dir / f"{name}.summary.json",
         "parts": out_dir / f"{name}.parts",
+        "lock": out_dir / f"{name}{LOCK_SUFFIX}",
     }
-
-
-def _as_segmenter(model, device: str, batch_size: int) -> Segmenter:
-    if isinstance(model, Segmenter):
-        return model
-    if isinstance(model, str | Path):
-        return checkpoint_segmenter(model, device, batch_size=batch_size)
-    if callable(model) and hasattr(model, "mpp") and hasattr(model, "classes"):
-        # a plain callable images -> [(inst, info), ...] that states its mpp and classes
-        name = getattr(model, "__name__", type(model).__name__)
-        return Segmenter(model, float(model.mpp), model.classes, identity={"name": name})
-    raise TypeError(
-        "model must be a checkpoint path, a Segmenter, or a callable with .mpp and .classes; "
-        f"got {type(model).__name__}"
-    )
 
 
 def _class_names(classes: ClassTable, class_ids: np.ndarray) -> np.ndarray:
@@ -196,7 +137,7 @@ def _tile_nuclei(
     inst, info = seg.postprocess(raw) if seg.postprocess else raw
     if "label" not in info.columns:
         raise ValueError("segmenter info table has no 'label' column")
-    gdf = stitch_tile(inst, info, tile_row, attrs)
+    gdf = stitch_tile(inst, info, tile_row, attrs, area_px=tuple(attrs["area_px"]))
     if len(gdf) == 0:
         return gdf
     labels = gdf["label"].to_numpy()
@@ -222,6 +163,7 @@ def _finish_batch(
     attrs: dict,
     seg: Segmenter,
     slide_mpp: tuple[float, float],
+    elapsed: Callable[[], float],
 ) -> int:
     frames = [
         _tile_nuclei(raw, images[i], rows.iloc[i], attrs, seg, slide_mpp)
@@ -229,40 +171,57 @@ def _finish_batch(
     ]
     frames = [f for f in frames if len(f)]
     gdf = pd.concat(frames, ignore_index=True) if frames else gpd.GeoDataFrame(geometry=[])
-    write_geoparquet(gpd.GeoDataFrame(gdf), part, metadata={"tiles": rows["tile_id"].tolist()})
+    # the run's time so far travels with each part, so a resumed slide's seconds count the
+    # earlier runs up to their last saved batch
+    meta = {"tiles": rows["tile_id"].tolist(), "elapsed": elapsed()}
+    write_geoparquet(gpd.GeoDataFrame(gdf), part, metadata=meta)
     return len(gdf)
 
 
-def _run_config(seg: Segmenter, slide, grid: gpd.GeoDataFrame, batch_size: int) -> dict:
+def _parts_config(identity: SlideIdentity, key: str, grid: gpd.GeoDataFrame,
+                  batch_size: int) -> dict:  # fmt: skip
+    """What the parts of a partial run depend on: the result key plus the batch layout."""
     return {
-        "model": seg.identity,
-        "model_mpp": seg.mpp,
-        "slide_mpp": list(slide.mpp),
-        "dimensions": list(slide.dimensions),
-        "core_px": grid.attrs["core_px"],
-        "halo_px": grid.attrs["halo_px"],
+        "slide": identity.to_dict(),
+        "settings_key": key,
         "n_tiles": len(grid),
         "tile_ids_sha": hashlib.sha256(grid["tile_id"].to_numpy().tobytes()).hexdigest(),
         "batch_size": batch_size,
     }
 
 
-def _prepare_parts(parts: Path, config: dict, resume: bool) -> set[int]:
-    """Batches already done; starts over when not resuming or when the settings changed."""
+def _done_parts(parts: Path) -> tuple[set[int], float]:
+    """Indices of the finished batches and the run time recorded by the latest of them."""
+    from wsi_stnuc.export.geoparquet import read_geoparquet_metadata
+
+    done, elapsed = set(), 0.0
+    for path in parts.glob("batch-*.parquet"):
+        done.add(int(path.stem.split("-")[1]))
+        elapsed = max(elapsed, float(read_geoparquet_metadata(path).get("elapsed", 0.0)))
+    return done, elapsed
+
+
+def _prepare_parts(parts: Path, config: dict, resume: bool) -> tuple[set[int], float]:
+    """Batches already done and their run time; starts over when not resuming or when the
+    slide, model, settings or batch layout changed (and says which)."""
     run_file = parts / RUN_FILE
     if resume and run_file.is_file():
-        old = json.loads(run_file.read_text())
+        try:
+            old = json.loads(run_file.read_text())
+        except (OSError, ValueError):
+            old = {}
         if old == json.loads(json.dumps(config, default=str)):
-            done = {int(p.stem.split("-")[1]) for p in parts.glob("batch-*.parquet")}
+            done, elapsed = _done_parts(parts)
             log.info("%s: resuming, %d batches already done", parts, len(done))
-            return done
-        log.warning("%s: settings changed since the partial run; starting over", parts)
+            return done, elapsed
+        log.warning("%s: the partial run differs in %s; starting over", parts,
+                    ", ".join(settings_diff(old, config)))  # fmt: skip
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
     with atomic_path(run_file) as tmp:
         tmp.write_text(json.dumps(config, default=str, indent=1))
-    return set()
+    return set(), 0.0
 
 
 READERS = ("threads", "processes")
@@ -297,6 +256,7 @@ def _run_batches(
     progress: bool,
     label: str,
     reader: str = "threads",
+    elapsed: Callable[[], float] = lambda: 0.0,
 ) -> None:
     batches = _batches(grid, batch_size)
     todo = [b for b in range(len(batches)) if b not in done]
@@ -322,7 +282,8 @@ def _run_batches(
                     raise ValueError(f"model returned {len(raws)} results for {len(rows)} tiles")
                 part = parts / f"batch-{b:06d}.parquet"
                 pending.append(
-                    pool.submit(_finish_batch, part, raws, images, rows, attrs, seg, slide_mpp)
+                    pool.submit(_finish_batch, part, raws, images, rows, attrs, seg, slide_mpp,
+                                elapsed)  # fmt: skip
                 )
                 # bound the memory held by finished-but-unwritten batches
                 while len(pending) > workers:
@@ -399,23 +360,6 @@ def _empty_table(classes: ClassTable) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], dtype="geometry"))
 
 
-def _metadata(slide, seg: Segmenter, grid: gpd.GeoDataFrame, tissue_mm2: float) -> dict:
-    return {
-        "slide": {
-            "path": str(slide.path),
-            "dimensions": list(slide.dimensions),
-            "mpp": list(slide.mpp),
-            "vendor": slide.vendor,
-            "backend": slide.backend,
-        },
-        "model": {**seg.identity, "mpp": seg.mpp},
-        "classes": seg.classes.to_dict(),
-        "tiling": {k: v for k, v in grid.attrs.items()},
-        "tissue_area_mm2": tissue_mm2,
-        "coordinates": "slide level-0 pixels, x right, y down, origin top-left pixel corner",
-    }
-
-
 def _tissue(slide, tissue: bool):
     """Tissue geometry (level-0) and its area in mm² (whole slide when ``tissue`` is off)."""
     mpp_x, mpp_y = slide.mpp
@@ -428,15 +372,127 @@ def _tissue(slide, tissue: bool):
     return None, width * height * mpp_x * mpp_y / 1e6
 
 
+def _settings(seg: Segmenter, slide, guards: SizeGuards, core: int, tissue: bool,
+              export: dict) -> dict:  # fmt: skip
+    """Everything a finished slide's results depend on, besides the slide file itself."""
+    return {
+        "model": seg.identity,
+        "model_mpp": seg.mpp,
+        "classes": seg.classes.to_dict(),
+        "slide_mpp": list(slide.mpp),
+        "mpp_source": slide.mpp_source,
+        "dimensions": list(slide.dimensions),
+        "core_px": int(core),
+        "halo_px": guards.halo_px,
+        "min_area_um2": guards.min_area_um2,
+        "max_area_um2": guards.max_area_um2,
+        "tissue": bool(tissue),
+        "export": export,
+    }
+
+
+def _metadata(slide, seg: Segmenter, grid: gpd.GeoDataFrame, tissue_mm2: float,
+              identity: SlideIdentity, settings: dict) -> dict:  # fmt: skip
+    return {
+        "slide": {
+            "path": str(slide.path),
+            "identity": identity.to_dict(),
+            "dimensions": list(slide.dimensions),
+            "mpp": list(slide.mpp),
+            # "forced": --force-mpp replaced the file's own µm/px; "filled": the file had none
+            "mpp_source": slide.mpp_source,
+            "native_mpp": None if slide.native_mpp is None else list(slide.native_mpp),
+            "vendor": slide.vendor,
+            "backend": slide.backend,
+        },
+        "model": {**seg.identity, "mpp": seg.mpp},
+        "classes": seg.classes.to_dict(),
+        "tiling": {k: v for k, v in grid.attrs.items()},
+        "size_guards_um2": [settings["min_area_um2"], settings["max_area_um2"]],
+        "settings_key": settings_key({"slide": identity.to_dict(), **settings}),
+        "tissue_area_mm2": tissue_mm2,
+        "coordinates": "slide level-0 pixels, x right, y down, origin top-left pixel corner",
+    }
+
+
+def _reusable(paths: dict[str, Path], identity: SlideIdentity, key: str) -> SlideResult | None:
+    """The finished result of this slide, model and settings, or None (logging why not)."""
+    try:
+        result = SlideResult.from_dict(json.loads(paths["summary"].read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("%s: unreadable, recomputing the slide (%s)", paths["summary"], exc)
+        return None
+    why = identity.differs(result.slide)
+    if why is None and result.settings_key != key:
+        why = "made with another model or other settings"
+    if why is None and not Path(result.parquet).is_file():
+        why = f"{result.parquet} is missing"
+    if why is not None:
+        log.warning("%s: finished result not reused: %s; recomputing", paths["summary"], why)
+        return None
+    return result
+
+
+def _check_name_free(paths: dict[str, Path], name: str, identity: SlideIdentity) -> None:
+    """Refuse to write over the results of another slide file kept under ``name``."""
+    for record in (paths["summary"], paths["parts"] / RUN_FILE):
+        try:
+            other = json.loads(record.read_text()).get("slide") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if other.get("path") not in (None, identity.path):
+            raise InputError(
+                record, f"output name {name!r} already holds the results of {other['path']}; "
+                "give this slide another name (manifest 'name' column) or another --out"
+            )  # fmt: skip
+
+
+def _write_outputs(paths, name: str, seg: Segmenter, meta: dict, n_batches: int, mpp_x: float,
+                   export: dict) -> tuple[int, dict[str, int], Path | None]:  # fmt: skip
+    """The parts, in tile order, into NAME.parquet and the QuPath file."""
+    counts: dict[str, int] = {}
+    n = 0
+    with GeoParquetAppender(paths["parquet"], metadata=meta) as out:
+        out.append(_empty_table(seg.classes))  # the schema, should the slide have no nuclei
+        for gdf in _read_parts(paths["parts"], n_batches):
+            gdf.insert(0, NucleusCols.NUCLEUS_ID, np.arange(n + 1, n + 1 + len(gdf)))
+            n += len(gdf)
+            for k, v in gdf[NucleusCols.CLASS_NAME].value_counts().items():
+                counts[str(k)] = counts.get(str(k), 0) + int(v)
+            out.append(gdf)
+    if not export["qupath"]:
+        return n, counts, None
+    zipped = n > ZIP_ABOVE_NUCLEI if export["qupath_zip"] is None else export["qupath_zip"]
+    geojson = paths["geojson_zip"] if zipped else paths["geojson"]
+    stale = paths["geojson"] if zipped else paths["geojson_zip"]
+    stale.unlink(missing_ok=True)
+    frames: Iterator[gpd.GeoDataFrame] = _iter_parquet(paths["parquet"])
+    if export["qupath_cells"]:
+        frames = _with_cells(frames, paths["parquet"], CELL_EXPANSION_UM / mpp_x)
+    tag = model_tag(seg.identity)
+    frames = (f.assign(**{QuPath.MODEL_TAG: tag}) for f in frames)
+    write_qupath_geojson(
+        frames,
+        geojson,
+        classes=seg.classes,
+        uuid_key=f"{name}|{seg.identity.get('sha256', seg.identity.get('name', ''))}",
+        nucleus_geometry_column="nucleus_geometry" if export["qupath_cells"] else None,
+    )
+    return n, counts, geojson
+
+
 def infer_slide(
     model: str | Path | Segmenter,
     slide_path: str | Path,
     out_dir: str | Path,
     *,
     name: str | None = None,
-    mpp_override: float | None = None,
+    mpp: float | None = None,
+    force_mpp: float | None = None,
     core: int = 512,
-    halo: int = 64,
+    halo: int | None = None,
+    min_area_um2: float | None = None,
+    max_area_um2: float | None = None,
     batch_size: int = 8,
     device: str = "auto",
     tissue: bool = True,
@@ -451,91 +507,100 @@ def infer_slide(
     """Segment and classify every nucleus of one slide; write GeoParquet (+ QuPath GeoJSON).
 
     ``model`` is a checkpoint path or a :class:`Segmenter`. Tiles of ``core`` model pixels
-    with a ``halo`` (model px, wider than the largest nucleus) are read at the model's mpp;
-    ``mpp_override`` replaces the slide's own µm/px. ``tissue`` restricts the grid to detected
-    tissue. With ``resume`` a finished slide is skipped and a partial one continues where it
-    stopped. ``qupath_zip`` (default: above :data:`ZIP_ABOVE_NUCLEI` nuclei) zips the GeoJSON;
+    with a ``halo`` (model px; default: the smallest that holds a nucleus of the maximum area)
+    are read at the model's mpp. ``mpp`` is the slide's µm/px where the file states none;
+    ``force_mpp`` replaces the file's own (the metadata says so). ``min_area_um2`` /
+    ``max_area_um2`` override the model's nucleus size guards. ``tissue`` restricts the grid
+    to detected tissue. With ``resume`` a finished slide is skipped and a partial one
+    continues where it stopped, both only if made from the same slide file, model and
+    settings. ``qupath_zip`` (default: above :data:`ZIP_ABOVE_NUCLEI` nuclei) zips the GeoJSON;
     ``qupath_cells`` exports cell objects (nuclei grown by 5 µm within their Voronoi regions).
     Outputs are named after ``name`` (default: the slide file stem). ``reader``: tiles are
     decoded and resampled in ``workers`` ``"threads"`` (default) or ``"processes"`` (outside
     this interpreter's lock, for many-core GPU machines where the reads compete with
     post-processing; a daemonic process, e.g. a Dask worker, cannot start them and falls
-    back to threads). The output is the same either way.
+    back to threads). The output is the same either way. Another run writing the same
+    outputs raises :class:`~wsi_stnuc.inference.lock.LockHeld`.
     """
     from wsi_stnuc.slide.registry import open_slide
 
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    slide_path = Path(slide_path)
+    out_dir, slide_path = Path(out_dir), Path(slide_path)
     name = name or slide_path.name.split(".")[0]
     paths = slide_outputs(out_dir, name)
     workers = workers or min(4, os.cpu_count() or 1)
     reader = _reader_scheduler(reader)
-    if resume and paths["summary"].is_file():
-        result = SlideResult(**json.loads(paths["summary"].read_text()))
-        if Path(result.parquet).is_file():
-            log.info("%s: already finished, skipping", name)
-            return result
-    seg = _as_segmenter(model, device, batch_size)
-    with open_slide(slide_path, mpp=mpp_override) as slide:
+    seg = as_segmenter(model, device, batch_size)
+    guards = size_guards(seg, halo, min_area_um2, max_area_um2)
+    export = {"qupath": qupath, "qupath_zip": qupath_zip, "qupath_cells": qupath_cells}
+    with open_slide(slide_path, mpp=force_mpp, default_mpp=mpp) as slide:
         slide.mpp  # noqa: B018 - raises InputError early for a slide without mpp
-        tissue_geom, tissue_mm2 = _tissue(slide, tissue)
-        from wsi_stnuc.slide.tiling import tile_grid
+        identity = SlideIdentity.of(slide_path)
+        settings = _settings(seg, slide, guards, core, tissue, export)
+        key = settings_key({"slide": identity.to_dict(), **settings})
+        with locked(paths["lock"]):
+            if resume and paths["summary"].is_file():
+                done = _reusable(paths, identity, key)
+                if done is not None:
+                    log.info("%s: already finished, skipping", name)
+                    shutil.rmtree(paths["parts"], ignore_errors=True)  # left by a kill
+                    return done
+            _check_name_free(paths, name, identity)
+            try:
+                return _infer_locked(
+                    slide, seg, paths, name, identity, settings, key, guards, t0,
+                    core=core, batch_size=batch_size, tissue=tissue, resume=resume,
+                    workers=workers, reader=reader, progress=progress, export=export,
+                )  # fmt: skip
+            except Exception:
+                # a failed slide leaves nothing behind; an interrupt (not an Exception) keeps
+                # the parts for --resume
+                shutil.rmtree(paths["parts"], ignore_errors=True)
+                raise
 
-        grid = tile_grid(slide, seg.mpp, core=core, halo=halo, tissue=tissue_geom)
-        config = _run_config(seg, slide, grid, batch_size)
-        done = _prepare_parts(paths["parts"], config, resume)
-        _run_batches(
-            slide, grid, seg, paths["parts"], done,
-            batch_size=batch_size, workers=workers, progress=progress, label=name,
-            reader=reader,
-        )  # fmt: skip
-        meta = _metadata(slide, seg, grid, tissue_mm2)
-        mpp_x = slide.mpp[0]
+
+def _infer_locked(slide, seg: Segmenter, paths: dict[str, Path], name: str,
+                  identity: SlideIdentity, settings: dict, key: str, guards: SizeGuards,
+                  t0: float, *, core: int, batch_size: int, tissue: bool, resume: bool,
+                  workers: int, reader: str, progress: bool, export: dict) -> SlideResult:  # fmt: skip
+    """:func:`infer_slide` once the slide is open and its lock held."""
+    from wsi_stnuc.slide.tiling import tile_grid
+
+    tissue_geom, tissue_mm2 = _tissue(slide, tissue)
+    grid = tile_grid(slide, seg.mpp, core=core, halo=guards.halo_px, tissue=tissue_geom)
+    grid.attrs["area_px"] = list(guards.area_px)
+    config = _parts_config(identity, key, grid, batch_size)
+    done, before = _prepare_parts(paths["parts"], config, resume)
+
+    def elapsed() -> float:
+        return before + time.perf_counter() - t0
+
+    _run_batches(
+        slide, grid, seg, paths["parts"], done,
+        batch_size=batch_size, workers=workers, progress=progress, label=name,
+        reader=reader, elapsed=elapsed,
+    )  # fmt: skip
+    meta = _metadata(slide, seg, grid, tissue_mm2, identity, settings)
     n_batches = len(_batches(grid, batch_size))
-    counts: dict[str, int] = {}
-    n = 0
-    with GeoParquetAppender(paths["parquet"], metadata=meta) as out:
-        out.append(_empty_table(seg.classes))  # the schema, should the slide have no nuclei
-        for gdf in _read_parts(paths["parts"], n_batches):
-            gdf.insert(0, NucleusCols.NUCLEUS_ID, np.arange(n + 1, n + 1 + len(gdf)))
-            n += len(gdf)
-            for k, v in gdf[NucleusCols.CLASS_NAME].value_counts().items():
-                counts[str(k)] = counts.get(str(k), 0) + int(v)
-            out.append(gdf)
-    geojson = None
-    tag = model_tag(seg.identity)
-    if qupath:
-        zipped = n > ZIP_ABOVE_NUCLEI if qupath_zip is None else qupath_zip
-        geojson = paths["geojson_zip"] if zipped else paths["geojson"]
-        stale = paths["geojson"] if zipped else paths["geojson_zip"]
-        stale.unlink(missing_ok=True)
-        frames: Iterator[gpd.GeoDataFrame] = _iter_parquet(paths["parquet"])
-        if qupath_cells:
-            frames = _with_cells(frames, paths["parquet"], CELL_EXPANSION_UM / mpp_x)
-        frames = (f.assign(**{QuPath.MODEL_TAG: tag}) for f in frames)
-        write_qupath_geojson(
-            frames,
-            geojson,
-            classes=seg.classes,
-            uuid_key=f"{name}|{seg.identity.get('sha256', seg.identity.get('name', ''))}",
-            nucleus_geometry_column="nucleus_geometry" if qupath_cells else None,
-        )
+    n, counts, geojson = _write_outputs(paths, name, seg, meta, n_batches, slide.mpp[0], export)
     result = SlideResult(
         name=name,
-        slide_path=str(slide_path),
+        slide_path=identity.path,
         parquet=str(paths["parquet"]),
         geojson=None if geojson is None else str(geojson),
         n_nuclei=n,
         class_counts=dict(sorted(counts.items())),
         tissue_area_mm2=tissue_mm2,
-        seconds=time.perf_counter() - t0,
+        seconds=elapsed(),
         n_tiles=len(grid),
-        model_tag=tag,
+        model_tag=model_tag(seg.identity),
         classes=seg.classes.to_dict(),
+        slide=identity.to_dict(),
+        settings_key=key,
+        settings=settings,
     )
     with atomic_path(paths["summary"]) as tmp:
-        tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
     shutil.rmtree(paths["parts"], ignore_errors=True)
     log.info("%s: %d nuclei in %.1f s", name, n, result.seconds)
     return result

@@ -5,6 +5,12 @@ centroid (level-0, from the instance's pixels) lies in the tile's core box, half
 (``x0 <= cx < x1``, ``y0 <= cy < y1``). Cores tile the plane, so exactly one tile owns each
 nucleus; with a halo wider than the largest nucleus an owned nucleus is never cut, and the
 centroid of a cut fragment lies in the halo, never in the core. No merging pass, O(n).
+
+That holds for every object the model emits, not only for nuclei smaller than the halo: an
+instance whose bounding box is wider or taller than the halo (model px) is dropped in every
+tile (:func:`size_guard`). An owned instance that reaches the read window's edge spans from
+that edge to its centroid in the core, so its box exceeds the halo: whatever a tile keeps, it
+saw whole, and a tissue block too big for the halo is dropped however the slide is tiled.
 """
 
 from __future__ import annotations
@@ -32,6 +38,32 @@ def owned_mask(centroids: np.ndarray, core_box: Sequence[float]) -> np.ndarray:
 
 
 owned = owned_mask
+
+
+def size_guard(
+    inst: np.ndarray,
+    labels: np.ndarray,
+    *,
+    max_extent: int | None,
+    area_px: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Mask of ``labels`` whose bounding box fits ``max_extent`` px on both axes and whose
+    pixel area lies in ``area_px = (min, max)`` (model px; None: no such limit)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    keep = np.ones(len(labels), bool)
+    if len(labels) == 0:
+        return keep
+    if area_px is not None:
+        area = np.bincount(inst.ravel(), minlength=int(labels.max()) + 1)[labels]
+        keep &= (area >= area_px[0]) & (area <= area_px[1])
+    if max_extent is not None:
+        rows, cols = np.indices(inst.shape)
+        extent = [
+            ndi.maximum(ax, inst, labels) - ndi.minimum(ax, inst, labels) + 1
+            for ax in (rows, cols)
+        ]  # two axes, each one C pass over the tile
+        keep &= (np.asarray(extent[0]) <= max_extent) & (np.asarray(extent[1]) <= max_extent)
+    return keep
 
 
 def label_centroids(inst: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -248,6 +280,7 @@ def stitch_tile(
     grid_attrs: Mapping,
     *,
     simplify: float = 0.25,
+    area_px: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
     """The nuclei one tile owns, as a GeoDataFrame in level-0 pixels.
 
@@ -258,7 +291,8 @@ def stitch_tile(
     tile), ``centroid_x``/``centroid_y`` (level-0), the other ``info`` columns, ``geometry``.
     With ``slide_width``/``slide_height`` in the attrs nothing is placed beyond the slide: a
     nucleus whose centroid lies in the padding outside it belongs to no tile, and outlines are
-    cut at the slide edge.
+    cut at the slide edge. Instances larger than the halo (``halo_px`` in the attrs) or outside
+    ``area_px`` (min, max model px) are dropped first (:func:`size_guard`).
     """
     sx, sy = float(grid_attrs["sx"]), float(grid_attrs["sy"])
     rx, ry = (float(tile_row[k]) for k in READ_ORIGIN)
@@ -276,6 +310,11 @@ def stitch_tile(
         core = [max(core[0], 0.0), max(core[1], 0.0), min(core[2], slide_box[2]),
                 min(core[3], slide_box[3])]  # fmt: skip
     keep = owned_mask(c_level0, core)
+    halo = grid_attrs.get("halo_px")
+    if keep.any() and (halo is not None or area_px is not None):
+        keep[keep] = size_guard(
+            inst, labels[keep], max_extent=None if halo is None else int(halo), area_px=area_px
+        )
     _, polys = instances_to_polygons(inst, rx, ry, sx, sy, labels=labels[keep], simplify=simplify)
     if slide_box is not None and len(polys):
         polys = _cut_at_slide_edge(polys, slide_box)

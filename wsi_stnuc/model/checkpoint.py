@@ -3,8 +3,9 @@
 A checkpoint is a ``torch.save`` dict (plain types and tensors only, so it loads with
 ``weights_only=True``): ``format`` (a marker), ``state_dict``, ``arch`` (the ``NucleiNet``
 kwargs), ``classes`` (``ClassTable.to_dict()``), ``mpp`` (µm/px the model works at),
-``train_config``, ``metrics``, ``version`` and, for resuming, optional ``extra`` (optimizer and
-scheduler states, epoch, ...).
+``train_config``, ``metrics``, ``version``, ``min_area_um2``/``max_area_um2`` (nucleus size
+guards; absent in old files, which get the defaults) and, for resuming, optional ``extra``
+(optimizer and scheduler states, epoch, ...).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from wsi_stnuc.errors import InputError
 from wsi_stnuc.io_utils import atomic_path
 
 from .net import NucleiNet, resolve_device
+from .postprocess import MAX_NUCLEUS_AREA_UM2, MIN_NUCLEUS_AREA_UM2
 
 FORMAT = "wsi-stnuc-checkpoint/1"
 REQUIRED_KEYS = ("state_dict", "arch", "classes", "mpp")
@@ -70,14 +72,20 @@ def save_checkpoint(
     train_config: Any = None,
     metrics: dict | None = None,
     extra: dict | None = None,
+    min_area_um2: float = MIN_NUCLEUS_AREA_UM2,
+    max_area_um2: float = MAX_NUCLEUS_AREA_UM2,
 ) -> Path:
     """Write a checkpoint atomically (``path.partial`` then rename); returns ``path``.
 
     ``classes`` is a :class:`ClassTable` or its ``to_dict()`` list.
     ``arch`` defaults to ``model.arch``; ``train_config`` may be a dataclass or dict; ``extra``
     holds resume state (optimizer/scheduler state dicts, epoch) and is returned by
-    :func:`load_checkpoint` under ``meta["extra"]``.
+    :func:`load_checkpoint` under ``meta["extra"]``. ``min_area_um2`` / ``max_area_um2`` are
+    the nucleus size guards inference applies (``model.postprocess``).
     """
+    if not 0 <= min_area_um2 < max_area_um2:
+        raise ValueError(f"need 0 <= min_area_um2 < max_area_um2, got {min_area_um2}, "
+                         f"{max_area_um2}")  # fmt: skip
     if not isinstance(classes, ClassTable):
         classes = ClassTable.from_dict(classes)
     if classes.n_classes != model.n_classes:
@@ -94,6 +102,8 @@ def save_checkpoint(
         "metrics": _plain(metrics or {}),
         "version": version_string(),
         "extra": extra or {},
+        "min_area_um2": float(min_area_um2),
+        "max_area_um2": float(max_area_um2),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -125,7 +135,7 @@ def load_checkpoint(
 
     ``meta`` keys: ``classes`` (``ClassTable.to_dict()`` list, as stored), ``classes_table``
     (the :class:`ClassTable`), ``mpp`` (float), ``arch``, ``train_config``, ``metrics``,
-    ``version``, ``extra`` (resume state; may be empty).
+    ``version``, ``extra`` (resume state; may be empty), ``min_area_um2``, ``max_area_um2``.
     """
     payload = read_checkpoint(path)
     try:
@@ -144,5 +154,8 @@ def load_checkpoint(
         "metrics": payload.get("metrics", {}),
         "version": payload.get("version", ""),
         "extra": payload.get("extra", {}),
+        # checkpoints written before the size guards existed get the defaults
+        "min_area_um2": float(payload.get("min_area_um2", MIN_NUCLEUS_AREA_UM2)),
+        "max_area_um2": float(payload.get("max_area_um2", MAX_NUCLEUS_AREA_UM2)),
     }
     return model, meta

@@ -117,6 +117,26 @@ class SlideReader(ABC):
         return self._mpp_override
 
     @property
+    def native_mpp(self) -> tuple[float, float] | None:
+        """The file's own ``(x, y)`` µm/px at level 0, or None if it does not say."""
+        return self._native_mpp()
+
+    @property
+    def mpp_source(self) -> str:
+        """Where :attr:`mpp` comes from: ``"file"``, ``"forced"`` (an override of the file's
+        own value) or ``"filled"`` (given for a file without one)."""
+        if self._mpp_override is None:
+            return "file"
+        return "filled" if getattr(self, "_mpp_filled", False) else "forced"
+
+    def fill_missing_mpp(self, mpp: MppLike) -> None:
+        """Use ``mpp`` where the file states no µm/px (and nothing was forced); else no-op."""
+        if mpp is None or self._mpp_override is not None or self._native_mpp() is not None:
+            return
+        self._mpp_override = normalize_mpp(self.path, mpp)
+        self._mpp_filled = True
+
+    @property
     def mpp(self) -> tuple[float, float]:
         """``(x, y)`` µm per level-0 pixel: the override if given, else the file's own."""
         if self._mpp_override is not None:

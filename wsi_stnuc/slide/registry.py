@@ -10,6 +10,7 @@ directory / ``.zarr`` / ``.ome.zarr``  zarr
 OpenSlide vendor formats               openslide, tiatoolbox
 (``.ndpi .mrxs .scn .vms .vmu .bif
 .svslide .dcm``)
+``.png .jpg .jpeg`` (no pyramid)        image
 anything else                          unsupported (InputError)
 ====================================  ==============================================
 
@@ -36,6 +37,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "openslide": ("wsi_stnuc.slide.openslide_reader", "OpenSlideReader"),
     "zarr": ("wsi_stnuc.slide.zarr_reader", "ZarrReader"),
     "tiatoolbox": ("wsi_stnuc.slide.tia_reader", "TiaReader"),
+    "image": ("wsi_stnuc.slide.image_reader", "ImageReader"),
 }
 # the third-party package each backend needs
 _REQUIRES = {
@@ -43,10 +45,12 @@ _REQUIRES = {
     "openslide": "openslide",
     "zarr": "zarr",
     "tiatoolbox": "tiatoolbox",
+    "image": "PIL",
 }
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf")
 VENDOR_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 ZARR_SUFFIXES = (".zarr", ".ome.zarr")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @functools.cache
@@ -72,6 +76,8 @@ def candidate_backends(path: Path) -> list[str]:
         return ["tifffile", "openslide", "tiatoolbox"]
     if name.endswith(VENDOR_SUFFIXES):
         return ["openslide", "tiatoolbox"]
+    if name.endswith(IMAGE_SUFFIXES):
+        return ["image"]
     return []
 
 
@@ -80,10 +86,17 @@ def _load(backend: str) -> type[SlideReader]:
     return getattr(importlib.import_module(module), cls)
 
 
-def open_slide(path: str | Path, mpp: MppLike = None, backend: str | None = None) -> SlideReader:
+def open_slide(
+    path: str | Path,
+    mpp: MppLike = None,
+    backend: str | None = None,
+    *,
+    default_mpp: MppLike = None,
+) -> SlideReader:
     """Open a whole-slide image with the first backend that can read it.
 
-    ``mpp`` (µm/px at level 0, a number or an (x, y) pair) overrides the file's own value.
+    ``mpp`` (µm/px at level 0, a number or an (x, y) pair) overrides the file's own value;
+    ``default_mpp`` is used only where the file states none (``reader.mpp_source`` tells which).
     ``backend`` forces one of :data:`BACKENDS`. Raises InputError for a missing, unsupported
     or unreadable file, naming the file and what each backend said.
     """
@@ -100,7 +113,7 @@ def open_slide(path: str | Path, mpp: MppLike = None, backend: str | None = None
             raise InputError(
                 path,
                 "unsupported slide format; expected a TIFF/SVS/OME-TIFF, an OpenSlide vendor "
-                f"format ({' '.join(VENDOR_SUFFIXES)}) or an OME-Zarr folder",
+                f"format ({' '.join(VENDOR_SUFFIXES)}), an OME-Zarr folder or a PNG/JPEG image",
             )
     problems = []
     for name in order:
@@ -113,5 +126,6 @@ def open_slide(path: str | Path, mpp: MppLike = None, backend: str | None = None
             problems.append(f"{name}: {exc.problem}")
             continue
         log.debug("opened %s with %s", path, name)
+        reader.fill_missing_mpp(default_mpp)
         return reader
     raise InputError(path, "cannot read slide; " + "; ".join(problems))
