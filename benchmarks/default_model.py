@@ -1,6 +1,6 @@
 """Train, score and ship the default model: ST-supervised nuclei on real H&E, unseen organs held out.
 
-    python benchmarks/default_model.py prepare [--work DIR]
+    python benchmarks/default_model.py prepare [DATASET ...] [--work DIR]
     python benchmarks/default_model.py train NAME --steps N [--encoder efficientnet_lite0]
         [--labels st|st_plain|manual] [--resume] [--threads 2] [--device cpu]
     python benchmarks/default_model.py score NAME [NAME ...]
@@ -152,7 +152,7 @@ def _segmentation_only(labels: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return out
 
 
-def prepare(work: Path) -> None:
+def prepare(work: Path, only: list[str]) -> None:
     from wsi_stnuc.training.dataset import Section, build_section_dataset
 
     expression = data_paths()[2]
@@ -168,9 +168,6 @@ def prepare(work: Path) -> None:
         truth = _truth_labels(st.bundle)
         if name == "monuseg":
             labels, truth = _segmentation_only(labels), _segmentation_only(truth)
-        else:
-            truth = truth.assign(**{c: np.float32(0.0) for c in labels.columns
-                                    if c.startswith("prob_")})  # fmt: skip
         sections["st"].append(Section(st.bundle.slide, labels, name=name))
         sections["manual"].append(Section(st.bundle.slide, truth, name=name))
         report[name] = {"images": len(images), "manual_nuclei": len(truth),
@@ -179,6 +176,8 @@ def prepare(work: Path) -> None:
         print(f"{name}: {len(images)} images, {len(truth)} manual nuclei, {len(labels)} ST "
               f"nuclei ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     for ds_name, options in DATASETS.items():
+        if only and ds_name not in only:
+            continue
         secs = sections["manual" if ds_name == "manual" else "st"]
         path = build_section_dataset(secs, work / f"{ds_name}.zarr", classes=classes,
                                      mpp=MODEL_MPP, patch=PATCH, stride=PATCH // 2,
@@ -190,7 +189,9 @@ def prepare(work: Path) -> None:
         report[ds_name] = {k: attrs[k] for k in ("n_train", "n_val", "label_repairs")}
         print(f"{ds_name}: {attrs['n_train']} train + {attrs['n_val']} val patches, repairs "
               f"{attrs['label_repairs']}")  # fmt: skip
-    (work / "prepare.json").write_text(json.dumps(report, indent=1, default=str))
+    path = work / "prepare.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**old, **report}, indent=1, default=str))
 
 
 def _jsonable(report) -> dict:
@@ -244,9 +245,42 @@ def score(work: Path, names: list[str], threads: int, device: str) -> dict:
     return rows
 
 
+def label_quality(work: Path) -> dict:
+    """Each ST dataset's targets against the manual twin's, patch by patch (same patches):
+    pooled PQ of the outlines, the share of manual nucleus pixels taught as background
+    (weight > 0, no ST nucleus) and the share of background pixels ignored by a repair."""
+    import zarr
+
+    from wsi_stnuc.evaluation.metrics import panoptic_quality
+    from wsi_stnuc.training.train import _pooled_pq
+
+    manual = zarr.open_group(str(work / "manual.zarr"), mode="r")
+    m_inst, m_w = manual["inst"][...], manual["weight"][...]
+    rows = {}
+    for name in [n for n in DATASETS if n != "manual"]:
+        ds = zarr.open_group(str(work / f"{name}.zarr"), mode="r")
+        inst, w = ds["inst"][...], ds["weight"][...]
+        valid = m_w > 0
+        true_fg = (m_inst > 0) & valid
+        false_bg = true_fg & (inst == 0) & (w > 0)
+        ignored = (w == 0) & valid
+        rows[name] = {
+            "label_pq": _pooled_pq([
+                panoptic_quality(np.where(v, t, 0), np.where(v, p, 0))
+                for t, p, v in zip(m_inst, inst, valid, strict=True)
+            ])["pq"],
+            "nucleus_px_taught_as_background": float(false_bg.sum() / true_fg.sum()),
+            "nucleus_px_ignored": float((ignored & true_fg).sum() / true_fg.sum()),
+            "background_px_ignored": float((ignored & ~true_fg).sum() / (valid & ~true_fg).sum()),
+        }
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[name].items()))
+    (work / "label_quality.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["prepare", "train", "score", "ship"])
+    ap.add_argument("command", choices=["prepare", "labels", "train", "score", "ship"])
     ap.add_argument("names", nargs="*", help="run name(s)")
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "_work" / "default")
     ap.add_argument("--labels", choices=list(DATASETS), default="st")
@@ -264,7 +298,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
     if args.command == "prepare":
-        prepare(args.work)
+        prepare(args.work, args.names)
+    elif args.command == "labels":
+        label_quality(args.work)
     elif args.command == "train":
         train(args.work, args.names[0], args)
     elif args.command == "score":
