@@ -10,8 +10,9 @@ import click
 @click.command("infer")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
-    "--model", "model_path", required=True, type=click.Path(path_type=Path),
-    help="Trained wsi-stnuc checkpoint (.pt).",
+    "--model", "model_path", default=None, type=click.Path(path_type=Path),
+    help="Trained wsi-stnuc checkpoint (.pt) or the name of a shipped model "
+         "(`wsi-stnuc models`); default: the shipped default model.",
 )  # fmt: skip
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder (GeoParquet, QuPath GeoJSON, manifest, summary).")  # fmt: skip
@@ -56,7 +57,7 @@ import click
                    "for many-core GPU machines).")  # fmt: skip
 def infer(
     inputs: tuple[str, ...],
-    model_path: Path,
+    model_path: Path | None,
     out_dir: Path,
     resume: bool,
     mpp: float | None,
@@ -104,14 +105,21 @@ def infer(
         raise SystemExit(1)
 
 
-def resolve_model(model_path: Path) -> Path:
-    """The checkpoint to use (the one place to add a default model); loading and checking it
-    is the library's job (``inference.cohort.check_run``)."""
+def resolve_model(model_path: Path | None) -> Path:
+    """The checkpoint to use: a file, a shipped model's name, or (None) the shipped default,
+    which is announced; loading and checking it is the library's job
+    (``inference.cohort.check_run``)."""
     from wsi_stnuc.errors import InputError
+    from wsi_stnuc.model import zoo
 
-    if not model_path.is_file():
-        raise InputError(model_path, "model checkpoint not found")
-    return model_path
+    path, shipped = zoo.resolve_model(model_path)
+    if shipped is not None:
+        card = zoo.model_card(shipped)
+        default = " (the default; choose another with --model)" if model_path is None else ""
+        click.echo(f"model: shipped {shipped}{default}: {card.get('summary', '')}", err=True)
+    if not path.is_file():
+        raise InputError(path, "model checkpoint not found")
+    return path
 
 
 COMMANDS = [infer]

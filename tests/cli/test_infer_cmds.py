@@ -151,3 +151,27 @@ def test_plain_png_and_jpeg_images_with_mpp_then_evaluate(checkpoint, data_dir, 
     scored = CliRunner().invoke(cli_main.cli, ["evaluate", pred, str(xml)])
     assert scored.exit_code == 0, scored.output
     assert "reference nuclei" in scored.output and "polygon matching" in scored.output
+
+
+def test_infer_without_model_uses_the_shipped_default(checkpoint, tmp_path, monkeypatch):
+    from wsi_stnuc.model import zoo
+
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(zoo, "DEFAULT_MODEL", "tiny-default")
+    zoo.ship_checkpoint(checkpoint, "tiny-default", card={"summary": "test"}, out_dir=shipped)
+    H.synthetic_slide(tmp_path / "s.tif", size=(150, 130))
+    base = [tmp_path / "s.tif", "--no-tissue", "--core", "64", "--halo", "16",
+            "--max-area", "40"]  # fmt: skip
+    result = CliRunner().invoke(cli_main.cli, ["infer", *map(str, base), "--out",
+                                               str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "shipped tiny-default (the default" in result.output
+    name = pd.read_csv(tmp_path / "o" / "manifest.csv")["name"].iloc[0]
+    meta = read_geoparquet_metadata(tmp_path / "o" / f"{name}.parquet")
+    assert meta["model"]["name"] == "tiny-default.pt"
+    # A shipped model by name; an unknown name is a missing file.
+    by_name = _invoke("--model", "tiny-default", *base, "--out", tmp_path / "o2")
+    assert by_name.exit_code == 0 and "shipped tiny-default:" in by_name.output
+    bad = _invoke("--model", "nope", *base, "--out", tmp_path / "o3")
+    assert bad.exit_code == 2 and "not found" in bad.output
