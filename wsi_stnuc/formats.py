@@ -121,6 +121,12 @@ class QuPath:
     # our measurement tagging each object with the model that made it (24-bit, exact in
     # QuPath's float32 measurement lists); groovy/import_wsi_stnuc.groovy relies on it
     MODEL_TAG = "wsi_stnuc_model_id"
+    CLASS_PROB_MEASUREMENT = "Probability: {}"
+
+    @classmethod
+    def class_prob_measurement(cls, class_name: str) -> str:
+        """The readable QuPath measurement name of the ``prob_<class>`` column of a class."""
+        return cls.CLASS_PROB_MEASUREMENT.format(class_name)
 
 
 class Slide:

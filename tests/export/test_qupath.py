@@ -13,7 +13,8 @@ import shapely
 
 from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.errors import InputError
-from wsi_stnuc.export.qupath import deterministic_uuids, read_qupath_geojson, write_qupath_geojson
+from wsi_stnuc.export.ids import deterministic_uuids
+from wsi_stnuc.export.qupath import read_qupath_geojson, write_qupath_geojson
 from wsi_stnuc.formats import NucleusCols, QuPath
 
 CLASSES = ClassTable.from_names(["epithelial", "inflammatory"])
