@@ -21,7 +21,7 @@ import shapely
 from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.export.geoparquet import write_geoparquet
 from wsi_stnuc.export.qupath import write_qupath_geojson
-from wsi_stnuc.formats import NucleusCols
+from wsi_stnuc.formats import LabelCols, NucleusCols
 from wsi_stnuc.inference.features import FEATURE_COLUMNS
 
 CLASSES = ClassTable.from_names(["epithelial", "inflammatory", "connective"])
@@ -55,8 +55,8 @@ def make_nuclei(n: int, seed: int = 0) -> gpd.GeoDataFrame:
         NucleusCols.CLASS_NAME: np.array(CLASSES.names, dtype=object)[class_id - 1],
         NucleusCols.DET_PROB: rng.uniform(0.5, 1, n).astype(np.float32),
     }
-    for c in range(CLASSES.n_classes):
-        table[f"{NucleusCols.PROB_PREFIX}{c + 1}"] = probs[:, c]
+    for c, name in enumerate(LabelCols.class_probs(CLASSES.names)):
+        table[name] = probs[:, c]
     for col in FEATURE_COLUMNS:
         table[col] = rng.uniform(0.1, 50, n)
     return gpd.GeoDataFrame(table, geometry=shapely.polygons(rings))

@@ -84,6 +84,12 @@ def _usable(geoms: np.ndarray) -> np.ndarray:
     return polygonal & ~shapely.is_empty(geoms) & shapely.is_valid(geoms)
 
 
+def _make_valid(geoms: np.ndarray) -> np.ndarray:
+    """``make_valid`` keeping areas: the "structure" method unions overlapping parts (the
+    default "linework" one keeps only their symmetric difference) and drops collapsed lines."""
+    return shapely.make_valid(geoms, method="structure", keep_collapsed=False)
+
+
 def _repair(geoms: np.ndarray, decimals: int | None) -> np.ndarray:
     """Valid polygonal geometry on the grid (or ``None``): ``make_valid`` where invalid, then
     snap rounding (GEOS's precision reduction, the algorithm QuPath 0.6 runs on reading)."""
@@ -94,7 +100,7 @@ def _repair(geoms: np.ndarray, decimals: int | None) -> np.ndarray:
         present = fixed != None  # noqa: E711 - elementwise on an object array
         bad = present.copy()
         bad[present] = ~_usable(fixed[present])
-        fixed[bad] = polygonal_parts(shapely.make_valid(fixed[bad]))
+        fixed[bad] = polygonal_parts(_make_valid(fixed[bad]))
         if decimals is not None:
             # snap rounding may collapse slivers to lines or nothing: polygonal parts again
             some = fixed != None  # noqa: E711
