@@ -69,6 +69,15 @@ def qupath_check() -> Path:
     return REPO.parent / "shared" / "tools" / "qupath" / "qupath-geojson-check"
 
 
+@pytest.fixture(scope="session")
+def qupath_tools() -> Path:
+    """The folder of QuPath's reader and its jars (qupath-core inside); skips where absent."""
+    check = qupath_check()
+    if not check.is_file():
+        pytest.skip(f"QuPath's reader not found at {check} (set {CHECK_ENV})")
+    return check.parent
+
+
 def file_features(path: Path) -> list[dict]:
     """The features of a GeoJSON file we wrote (``.zip``: its one inner file)."""
     if zipfile.is_zipfile(path):
