@@ -80,6 +80,13 @@ class LabelCols:
     # not renormalised: the shortfall from 1 is the share on types mapped to ``unknown``)
     TYPE_PROB_PREFIX = "type_prob_"
     CLASS_PROB_PREFIX = "prob_"
+    # optional, from `wsi-stnuc review`: the QuPath object id (UUID) of each row, and where its
+    # class comes from (ST typing, a pathologist's reclassification, a nucleus drawn in QuPath)
+    OBJECT_ID = "object_id"
+    SOURCE = "source"
+    SOURCE_ST = "st"
+    SOURCE_REVIEWED = "reviewed"
+    SOURCE_MANUAL = "manual"
 
     @classmethod
     def class_probs(cls, class_names) -> list[str]:

@@ -5,18 +5,15 @@ tag, rerun replaces.
 
 Groovy comes from Debian's ``groovy`` package (``/usr/share/groovy/lib`` or
 ``$WSI_STNUC_GROOVY_LIB``), qupath-core from the jars of QuPath's reader (``qupath_check``);
-tests skip where either, or a new enough Java, is missing.
+tests skip where either, or a new enough Java, is missing (the ``groovy`` fixture,
+``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 import ast
-import functools
-import glob
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -35,62 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((REPO / "groovy").glob("*.groovy"))
 SCRIPT = REPO / "groovy" / "import_wsi_stnuc.groovy"
 DRIVER = Path(__file__).parent / "groovy" / "run_import.groovy"
-# exactly the Groovy modules QuPath 0.5.1 - 0.7.0 bundle (its gradle/libs.versions.toml)
-GROOVY_JARS = ("groovy-2.4.21.jar", "groovy-jsr223.jar", "groovy-xml.jar")
-# qupath-core 0.5.1 runs on Java 17, but the reader's jar also holds its own log provider,
-# compiled for Java 21, which slf4j finds on the class path: both builds need Java 21 here
-JAVA_FOR_BUILD = {"0.5.1": 21, "0.6.0": 21}
 CLASSES = ClassTable.from_names(["epithelial", "inflammatory"])
-
-
-def _java_major(java: str) -> int | None:
-    try:
-        res = subprocess.run([java, "-XshowSettings:properties", "-version"],
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
-    except OSError:
-        return None
-    match = re.search(r"java\.specification\.version = (\d+)", res.stderr)
-    return int(match.group(1)) if match else None
-
-
-@functools.lru_cache
-def find_java(minimum: int) -> str | None:
-    """A Java at least ``minimum`` (``$JAVA_HOME``, then ``/usr/lib/jvm``, then ``java``)."""
-    home = os.environ.get("JAVA_HOME")
-    candidates = [f"{home}/bin/java"] if home else []
-    candidates += sorted(glob.glob("/usr/lib/jvm/*/bin/java"), reverse=True) + ["java"]
-    for java in candidates:
-        major = _java_major(java)
-        if major is not None and major >= minimum:
-            return java
-    return None
-
-
-def classpath(build: str, tools: Path) -> str:
-    lib = Path(os.environ.get("WSI_STNUC_GROOVY_LIB", "/usr/share/groovy/lib"))
-    jars = [lib / j for j in GROOVY_JARS]
-    if not all(j.is_file() for j in jars):
-        pytest.skip(f"Groovy jars {GROOVY_JARS} not in {lib} (apt-get install groovy)")
-    core = tools / f"qupath-geojson-check-v{build}.jar"
-    if not core.is_file():
-        pytest.skip(f"qupath-core jar not found: {core}")
-    return os.pathsep.join(map(str, [*jars, core]))
-
-
-@pytest.fixture(params=sorted(JAVA_FOR_BUILD), ids=[f"qupath-{b}" for b in sorted(JAVA_FOR_BUILD)])
-def groovy(request, qupath_tools):
-    """Run Groovy 2.4 with exactly QuPath's Groovy modules and one build's qupath-core."""
-    build = request.param
-    java = find_java(JAVA_FOR_BUILD[build])
-    if java is None:
-        pytest.skip(f"no Java >= {JAVA_FOR_BUILD[build]} for qupath-core {build}")
-    cp = classpath(build, qupath_tools)
-
-    def run(main: str, *args: str) -> subprocess.CompletedProcess:
-        cmd = [java, "-Djava.awt.headless=true", "-cp", cp, main, *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-    return run
 
 
 def test_every_script_compiles_with_only_what_qupath_bundles(groovy, tmp_path):

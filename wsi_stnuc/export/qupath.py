@@ -407,6 +407,19 @@ def _load_json(path: Path) -> dict:
         raise InputError(path, f"cannot read GeoJSON ({exc})") from exc
 
 
+def _classification(value) -> tuple[str | None, list | None]:
+    """(name, colour) of a classification as QuPath and others write it: a plain name,
+    ``{"name", "color"}``, or a derived class as ``{"names": [...], "color"}``."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if not isinstance(value, dict):
+        return None, None
+    name = value.get("name")
+    if name is None and value.get("names"):
+        name = ": ".join(map(str, value["names"]))
+    return name, value.get("color")
+
+
 def read_qupath_geojson(path: str | Path) -> gpd.GeoDataFrame:
     """Read a QuPath GeoJSON (``.geojson``, ``.json`` or ``.zip``) into a GeoDataFrame.
 
@@ -419,14 +432,14 @@ def read_qupath_geojson(path: str | Path) -> gpd.GeoDataFrame:
     if not isinstance(features, list):
         raise InputError(path, "not a GeoJSON FeatureCollection or feature list")
     props = [f.get("properties") or {} for f in features]
+    classes = [_classification(p.get(QuPath.CLASSIFICATION)) for p in props]
     table = pd.DataFrame(
         {
             "id": [f.get("id") for f in features],
-            QuPath.OBJECT_TYPE: [p.get(QuPath.OBJECT_TYPE) for p in props],
-            NucleusCols.CLASS_NAME: [
-                (p.get(QuPath.CLASSIFICATION) or {}).get("name") for p in props
-            ],
-            "class_color": [(p.get(QuPath.CLASSIFICATION) or {}).get("color") for p in props],
+            # QuPath makes an object without objectType an annotation
+            QuPath.OBJECT_TYPE: [p.get(QuPath.OBJECT_TYPE, QuPath.ANNOTATION) for p in props],
+            NucleusCols.CLASS_NAME: [c[0] for c in classes],
+            "class_color": [c[1] for c in classes],
         }
     )
     records = [p.get(QuPath.MEASUREMENTS) or {} for p in props]
@@ -434,7 +447,11 @@ def read_qupath_geojson(path: str | Path) -> gpd.GeoDataFrame:
         pd.DataFrame.from_records(records, index=table.index) if records else pd.DataFrame()
     )
     table = pd.concat([table, measurements], axis=1)
-    geoms = shapely.from_geojson([json.dumps(f["geometry"]) for f in features]) if features else []
+    geoms = (
+        shapely.from_geojson([json.dumps(f.get("geometry")) for f in features], on_invalid="ignore")
+        if features
+        else []
+    )
     if any(QuPath.NUCLEUS_GEOMETRY in f for f in features):
         table["nucleus_geometry"] = gpd.GeoSeries(
             [
