@@ -436,8 +436,7 @@ def read_qupath_geojson(path: str | Path) -> gpd.GeoDataFrame:
     table = pd.DataFrame(
         {
             "id": [f.get("id") for f in features],
-            # QuPath makes an object without objectType an annotation
-            QuPath.OBJECT_TYPE: [p.get(QuPath.OBJECT_TYPE, QuPath.ANNOTATION) for p in props],
+            QuPath.OBJECT_TYPE: [p.get(QuPath.OBJECT_TYPE) for p in props],
             NucleusCols.CLASS_NAME: [c[0] for c in classes],
             "class_color": [c[1] for c in classes],
         }
