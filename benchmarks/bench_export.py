@@ -104,10 +104,13 @@ def qupath_read(path: Path, build: str, heap: str, n: int) -> None:
     line = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "{}"
     summary = json.loads(line)
     error = (summary.get("error") or {}).get("message") or res.stderr.strip()[-300:]
-    ok = summary.get("ok") and summary.get("n_objects") == n
+    ids, rois = summary.get("ids") or {}, summary.get("rois") or {}
+    whole = summary.get("ok") and summary.get("n_objects") == n == ids.get("kept_from_file")
+    whole = whole and rois.get("all_non_null_and_valid") and not rois.get("empty")
     print(f"QuPath {build} read   wall {wall:6.1f} s  read {summary.get('seconds_read', 0):6.1f} s  "
-          f"peak RSS {peak:5.1f} GiB (-Xmx{heap})  objects {summary.get('n_objects')} of {n}  "
-          f"{'ok' if ok else 'FAILED: ' + str(error)}")  # fmt: skip
+          f"peak RSS {peak:5.1f} GiB (-Xmx{heap})  objects {summary.get('n_objects')} of {n}, "
+          f"ids kept {ids.get('kept_from_file')}, valid ROIs {rois.get('valid')}  "
+          f"{'ok' if whole else 'FAILED: ' + str(error)}")  # fmt: skip
 
 
 def main() -> None:
