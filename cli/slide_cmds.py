@@ -103,13 +103,14 @@ def tissue(
     """Detect tissue and write it as QuPath annotations."""
     import shapely
 
+    from wsi_stnuc.export.qupath import write_qupath_annotations
     from wsi_stnuc.slide.registry import open_slide
-    from wsi_stnuc.slide.tissue import detect_tissue, write_tissue_geojson
+    from wsi_stnuc.slide.tissue import TISSUE_CLASS, TISSUE_COLOR, detect_tissue
 
     with open_slide(slide, mpp=mpp, backend=backend) as reader:
         found = detect_tissue(reader, thumb_mpp=thumb_mpp, min_area_um2=min_area_um2)
         mpp_x, mpp_y = reader.mpp
-    write_tissue_geojson(found, out)
+    write_qupath_annotations(found, out, class_name=TISSUE_CLASS, color=TISSUE_COLOR)
     n_parts = int(shapely.get_num_geometries(found)) if not found.is_empty else 0
     area_mm2 = found.area * mpp_x * mpp_y / 1e6
     click.echo(f"{out}: {n_parts} tissue region(s), {area_mm2:.2f} mm²")

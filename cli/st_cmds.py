@@ -287,17 +287,46 @@ def labels(
     click.echo(str(report))
     click.echo(f"wrote {len(gdf)} labelled nuclei -> {out}")
     if qupath is not None:
-        from wsi_stnuc.export.qupath import write_qupath_geojson
+        from wsi_stnuc.st.review import write_labelset_qupath
 
-        write_qupath_geojson(
-            gdf,
-            qupath,
-            class_column="image_class",
-            classes=tax.classes,
-            measurement_columns=["confidence", "weight"],
-            object_type="detection",
-        )
-        click.echo(f"wrote QuPath GeoJSON -> {qupath}")
+        write_labelset_qupath(gdf, qupath, tax.classes)
+        click.echo(f"wrote QuPath GeoJSON -> {qupath} (review it, then: wsi-stnuc review)")
 
 
-COMMANDS = [celltype, labels]
+@click.command("review")
+@click.argument("edited", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The LabelSet the QuPath file was made from (labels --qupath).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output: the reviewed LabelSet (GeoParquet).",
+)
+def review(edited, labels_path, out):
+    """Merge a pathologist's QuPath edits into a LabelSet. EDITED is QuPath's export of the
+    objects (File > Export objects as GeoJSON) of a LabelSet opened from `labels --qupath`:
+    deleted nuclei are removed, reclassified ones take the new class at full weight
+    (source = reviewed), drawn ones are added (source = manual)."""
+    from wsi_stnuc.export.geoparquet import read_geoparquet_metadata
+    from wsi_stnuc.st.labels import read_labelset, write_labelset
+    from wsi_stnuc.st.review import merge_review, read_review
+
+    gdf, classes = read_labelset(labels_path)
+    edits = read_review(edited, classes)
+    merged, report = merge_review(gdf, classes, edits, source=edited)
+    meta = read_geoparquet_metadata(labels_path)
+    extra = {k: v for k, v in meta.items() if k not in ("kind", "classes")}
+    extra["review"] = {"edited": str(edited), "labels": str(labels_path),
+                       **{k: v for k, v in vars(report).items()}}  # fmt: skip
+    write_labelset(merged, out, classes, extra=extra)
+    click.echo(str(report))
+    click.echo(f"wrote {len(merged)} labelled nuclei -> {out}")
+
+
+COMMANDS = [celltype, labels, review]

@@ -63,13 +63,18 @@ def taxonomy_cmd(inputs, out, min_f1, n_classes, mpp, figure, crop_size, block_u
     """
     from wsi_stnuc.slide.registry import open_slide
     from wsi_stnuc.st.labels import read_labelset
+    from wsi_stnuc.st.review import st_typed
     from wsi_stnuc.taxonomy.crop_classifier import image_confusion
     from wsi_stnuc.taxonomy.learn import learn_taxonomy, write_learned_taxonomy
 
     pairs = []
     for labels_path, slide_path in _pairs(inputs):
         labels, _ = read_labelset(labels_path)
-        pairs.append((labels, open_slide(slide_path, mpp=slide_mpp)))
+        typed = st_typed(labels)  # a reviewed LabelSet: only rows still classed by ST typing
+        if len(typed) < len(labels):
+            click.echo(f"{labels_path}: {len(labels) - len(typed)} reviewed or drawn nuclei "
+                       "set aside (their class is not the ST type's)")  # fmt: skip
+        pairs.append((typed, open_slide(slide_path, mpp=slide_mpp)))
     try:
         cv = image_confusion(
             pairs,

@@ -1,14 +1,19 @@
 /*
- * Import wsi-stnuc nucleus results into a QuPath project (QuPath 0.5 / 0.6).
+ * Import wsi-stnuc nucleus results into a QuPath project (QuPath 0.5, 0.6, 0.7).
  *
  * `wsi-stnuc infer ... --out RESULTS_DIR` writes, per slide, NAME.geojson (or NAME.geojson.zip)
- * and NAME.summary.json, where NAME is the slide file name without its extension and with every
- * run of characters outside [A-Za-z0-9._-] replaced by "_". This script finds, for each image
- * of the project, the file whose NAME matches the image name, reads the objects with
- * PathIO.readObjects and adds them. Objects carry the measurement "wsi_stnuc_model_id" (a
- * number naming the model); before adding, earlier objects with the same model id are removed,
- * so rerunning the script (or importing a rerun of the same model) replaces instead of
- * duplicating, while results of other models stay. Class colours come from NAME.summary.json.
+ * and NAME.summary.json; the summary records the slide's resolved path ("slide_path"), its
+ * class table ("classes") and the model tag ("model_tag"). This script matches each image of
+ * the project to a result by that path (the image's file, symbolic links resolved), so two
+ * slides with the same file name in different folders (a/slide.svs, b/slide.svs -> slide,
+ * slide-2) each get their own result. Where no recorded path matches (a project opened on
+ * another machine), an image takes the result whose slide has the same file name, but only
+ * when exactly one result has it; otherwise it is skipped with a message, never guessed.
+ *
+ * Objects carry the measurement "wsi_stnuc_model_id" (a number naming the model); before
+ * adding, earlier detections with the same model id are removed, so rerunning the script (or
+ * importing a rerun of the same model) replaces instead of duplicating, while results of other
+ * models stay. Class colours come from NAME.summary.json.
  *
  * How to run
  *  - GUI, all images: open the project, Automate > Script editor, open this file, set
@@ -17,29 +22,121 @@
  *  - GUI, without an open image: plain Run imports into every image of the project and saves.
  *  - Headless: QuPath script -p /path/project.qpproj --save -a /path/RESULTS_DIR import_wsi_stnuc.groovy
  *    (on Windows use "QuPath-x.y.z (console).exe"; --save writes the changes to the project).
+ *
+ * The import logic (class WsiStnucImport) uses qupath-core only, and JSON goes through the Gson
+ * that QuPath ships (GsonTools): QuPath bundles no groovy-json. The GUI scripting class is looked
+ * up when the script runs, so the file also compiles and runs where only qupath-core exists.
  */
 
-import groovy.json.JsonSlurper
 import qupath.lib.common.ColorTools
+import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
 import qupath.lib.objects.PathObject
 import qupath.lib.objects.classes.PathClass
-
-import static qupath.lib.gui.scripting.QPEx.*
+import qupath.lib.objects.hierarchy.PathObjectHierarchy
 
 // ---- settings --------------------------------------------------------------------------
 def RESULTS_DIR = null                     // null: first script argument, else PROJECT_DIR/wsi_stnuc
-def MODEL_TAG = 'wsi_stnuc_model_id'       // measurement written by wsi_stnuc.export.qupath
-def RESULT_SUFFIXES = ['.geojson', '.geojson.zip']
-def SUMMARY_SUFFIX = '.summary.json'
-// slide extensions stripped from image names (longest first), as wsi_stnuc.inference.cohort does
-def SLIDE_SUFFIXES = ['.ome.tiff', '.ome.zarr', '.svslide', '.ome.tif', '.tiff', '.mrxs', '.ndpi',
-                      '.zarr', '.svs', '.tif', '.btf', '.scn', '.vms', '.vmu', '.bif', '.dcm']
-def UNSAFE = /[^A-Za-z0-9._-]+/            // same rule as wsi_stnuc.inference.cohort.safe_name
-def DOTS = /\.{2,}/
 // -----------------------------------------------------------------------------------------
 
-def project = getProject()
+/** Finds the result of an image and imports it into a hierarchy (qupath-core only). */
+class WsiStnucImport {
+    static final String MODEL_TAG = 'wsi_stnuc_model_id'   // measurement written by wsi_stnuc.export.qupath
+    static final List<String> RESULT_SUFFIXES = ['.geojson.zip', '.geojson']
+    static final String SUMMARY_SUFFIX = '.summary.json'
+
+    /** The summaries of every finished slide in the folder, each with its "summaryFile". */
+    static List<Map> results(File dir) {
+        def files = (dir.listFiles() ?: new File[0]).findAll { it.name.endsWith(SUMMARY_SUFFIX) }
+        return files.sort { it.name }.collect { File f ->
+            Map info = f.withReader('UTF-8') { r -> GsonTools.getInstance().fromJson(r, Map) }
+            info.summaryFile = f
+            return info
+        }
+    }
+
+    /** A path in a form two spellings of the same file agree on. */
+    static String canonical(String path) {
+        try {
+            return new File(path).canonicalPath
+        } catch (IOException ignored) {
+            return new File(path).absoluteFile.toPath().normalize().toString()
+        }
+    }
+
+    /** The local files of an image's URIs. */
+    static List<String> filesOf(Collection<URI> uris) {
+        return uris.findAll { it != null && it.scheme == 'file' }.collect { new File(it).path }
+    }
+
+    /** The result recorded for an image stored in one of `imagePaths`, or a String saying why none. */
+    static Object match(List<String> imagePaths, List<Map> results) {
+        def wanted = imagePaths.collect { canonical(it) } as Set
+        def recorded = results.findAll { it.slide_path != null }
+        def byPath = recorded.findAll { wanted.contains(canonical(it.slide_path as String)) }
+        if (byPath.size() == 1)
+            return byPath[0]
+        if (byPath.size() > 1)
+            return "${byPath.size()} results record this slide (${byPath*.name.join(', ')}); keep one"
+        def names = imagePaths.collect { new File(it).name } as Set
+        def byName = recorded.findAll { names.contains(new File(it.slide_path as String).name) }
+        if (byName.size() == 1)
+            return byName[0]
+        if (byName.size() > 1)
+            return "no result records this path and ${byName.size()} slides share its file name " +
+                   "(${byName*.name.join(', ')}): not guessing"
+        return 'no result records this slide'
+    }
+
+    static File resultFile(File dir, Map result) {
+        return RESULT_SUFFIXES.collect { new File(dir, (result.name as String) + it) }.find { it.isFile() }
+    }
+
+    /** Give the result's classes their colours (QuPath keeps one PathClass per name). */
+    static void applyColours(Map result) {
+        result.classes.each { c ->
+            def rgb = c.color as List
+            PathClass.fromString(c.name as String).setColor(
+                    ColorTools.packRGB(rgb[0] as int, rgb[1] as int, rgb[2] as int))
+        }
+    }
+
+    static Long tagOf(PathObject p) {
+        double v = p.getMeasurementList().get(MODEL_TAG)
+        return Double.isNaN(v) ? null : Math.round(v)
+    }
+
+    /** Remove earlier detections of the same model(s), add the file's objects: [added, removed]. */
+    static List<Integer> importInto(PathObjectHierarchy hierarchy, File file) {
+        List<PathObject> objects = PathIO.readObjects(file.toPath())
+        def tags = objects.collect { tagOf(it) }.findAll { it != null } as Set
+        def old = hierarchy.getDetectionObjects().findAll { tags.contains(tagOf(it)) }
+        if (!old.isEmpty())
+            hierarchy.removeObjects(old, true)
+        hierarchy.addObjects(objects)
+        return [objects.size(), old.size()]
+    }
+
+    /** Import the result of one image; returns what happened, one line. */
+    static String run(PathObjectHierarchy hierarchy, String imageName, List<String> imagePaths,
+                      File dir, List<Map> results) {
+        def found = match(imagePaths, results)
+        if (!(found instanceof Map))
+            return "wsi-stnuc import: ${imageName}: skipped, ${found}"
+        Map result = found as Map
+        File file = resultFile(dir, result)
+        if (file == null)
+            return "wsi-stnuc import: ${imageName}: skipped, ${result.name}.geojson[.zip] missing in ${dir}"
+        applyColours(result)
+        def counts = importInto(hierarchy, file)
+        return "wsi-stnuc import: ${imageName}: ${counts[0]} objects from ${file.name} (replaced ${counts[1]})"
+    }
+}
+
+// ---- run in QuPath ----------------------------------------------------------------------
+// QPEx is QuPath's GUI scripting class: looked up at run time so the logic above stays testable
+def qp = this.class.classLoader.loadClass('qupath.lib.gui.scripting.QPEx')
+def project = qp.getProject()
 if (project == null) {
     println 'wsi-stnuc import: open a project first'
     return
@@ -50,71 +147,27 @@ if (RESULTS_DIR != null)
 else if (binding.hasVariable('args') && args != null && args.size() > 0)
     resultsDir = new File(args[0] as String)
 else
-    resultsDir = new File(buildFilePath(PROJECT_BASE_DIR, 'wsi_stnuc'))
+    resultsDir = new File(qp.buildFilePath(qp.PROJECT_BASE_DIR, 'wsi_stnuc'))
 if (!resultsDir.isDirectory()) {
     println "wsi-stnuc import: results folder not found: ${resultsDir}"
     return
 }
-
-/** The output NAME wsi-stnuc uses for an image (see the header). */
-String safeName(String imageName, List<String> slideSuffixes, String unsafe, String dots) {
-    String name = imageName
-    // QuPath appends " - series" for multi-image files; the file name comes first
-    int dash = name.indexOf(' - ')
-    if (dash > 0)
-        name = name.substring(0, dash)
-    for (String suffix : slideSuffixes) {
-        if (name.toLowerCase().endsWith(suffix)) {
-            name = name.substring(0, name.length() - suffix.length())
-            break
-        }
-    }
-    name = name.replaceAll(unsafe, '_')
-    name = name.replaceAll(/^[._-]+|[._-]+$/, '')
-    name = name.replaceAll(dots, '.')
-    return name.isEmpty() ? 'slide' : name   // wsi-stnuc's fallback for names with no safe character
-}
-
-/** Import one image's results into its hierarchy; returns the number of objects added. */
-int importInto(imageData, String imageName, File resultsDir, Map settings) {
-    String name = safeName(imageName, settings.slideSuffixes, settings.unsafe, settings.dots)
-    File file = settings.resultSuffixes.collect { new File(resultsDir, name + it) }.find { it.isFile() }
-    if (file == null) {
-        println "wsi-stnuc import: no result for '${imageName}' (looked for ${name}.geojson[.zip])"
-        return 0
-    }
-    File summary = new File(resultsDir, name + settings.summarySuffix)
-    if (summary.isFile()) {
-        def info = new JsonSlurper().parse(summary)
-        info.classes.each { c ->
-            PathClass pc = PathClass.fromString(c.name as String)
-            pc.setColor(ColorTools.packRGB(c.color[0] as int, c.color[1] as int, c.color[2] as int))
-        }
-    }
-    List<PathObject> objects = PathIO.readObjects(file.toPath())
-    def tags = objects.collect { it.getMeasurements().get(settings.modelTag) }.findAll { it != null } as Set
-    def hierarchy = imageData.getHierarchy()
-    def old = hierarchy.getDetectionObjects().findAll { tags.contains(it.getMeasurements().get(settings.modelTag)) }
-    if (!old.isEmpty())
-        hierarchy.removeObjects(old, true)
-    hierarchy.addObjects(objects)
-    println "wsi-stnuc import: ${imageName}: ${objects.size()} objects from ${file.name} (replaced ${old.size()})"
-    return objects.size()
-}
-
-def settings = [modelTag: MODEL_TAG, resultSuffixes: RESULT_SUFFIXES, summarySuffix: SUMMARY_SUFFIX,
-                slideSuffixes: SLIDE_SUFFIXES, unsafe: UNSAFE, dots: DOTS]
-def current = getCurrentImageData()
+def results = WsiStnucImport.results(resultsDir)
+def current = qp.getCurrentImageData()
 if (current != null) {
     // "Run for project" (GUI) and `QuPath script -p` call the script once per image
-    def entry = getProjectEntry()
-    importInto(current, entry != null ? entry.getImageName() : current.getServer().getMetadata().getName(),
-               resultsDir, settings)
+    def entry = qp.getProjectEntry()
+    def name = entry != null ? entry.getImageName() : current.getServer().getMetadata().getName()
+    def uris = entry != null ? entry.getURIs() : current.getServer().getURIs()
+    println WsiStnucImport.run(current.getHierarchy(), name, WsiStnucImport.filesOf(uris), resultsDir, results)
 } else {
     // no image open: walk the whole project, saving each image
     for (entry in project.getImageList()) {
         def imageData = entry.readImageData()
-        if (importInto(imageData, entry.getImageName(), resultsDir, settings) > 0)
+        def line = WsiStnucImport.run(imageData.getHierarchy(), entry.getImageName(),
+                                      WsiStnucImport.filesOf(entry.getURIs()), resultsDir, results)
+        println line
+        if (!line.contains(': skipped, '))
             entry.saveImageData(imageData)
     }
 }

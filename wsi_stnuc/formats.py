@@ -80,6 +80,13 @@ class LabelCols:
     # not renormalised: the shortfall from 1 is the share on types mapped to ``unknown``)
     TYPE_PROB_PREFIX = "type_prob_"
     CLASS_PROB_PREFIX = "prob_"
+    # optional, from `wsi-stnuc review`: the QuPath object id (UUID) of each row, and where its
+    # class comes from (ST typing, a pathologist's reclassification, a nucleus drawn in QuPath)
+    OBJECT_ID = "object_id"
+    SOURCE = "source"
+    SOURCE_ST = "st"
+    SOURCE_REVIEWED = "reviewed"
+    SOURCE_MANUAL = "manual"
 
     @classmethod
     def class_probs(cls, class_names) -> list[str]:
@@ -121,6 +128,12 @@ class QuPath:
     # our measurement tagging each object with the model that made it (24-bit, exact in
     # QuPath's float32 measurement lists); groovy/import_wsi_stnuc.groovy relies on it
     MODEL_TAG = "wsi_stnuc_model_id"
+    CLASS_PROB_MEASUREMENT = "Probability: {}"
+
+    @classmethod
+    def class_prob_measurement(cls, class_name: str) -> str:
+        """The readable QuPath measurement name of the ``prob_<class>`` column of a class."""
+        return cls.CLASS_PROB_MEASUREMENT.format(class_name)
 
 
 class Slide:

@@ -63,11 +63,11 @@ def run_demo(
 ) -> DemoResult:
     """Run the full chain on a synthetic paired bundle and score it on a held-out strip."""
     from wsi_stnuc.classes import load_taxonomy
-    from wsi_stnuc.export.qupath import write_qupath_geojson
     from wsi_stnuc.inference.infer import infer_slide
     from wsi_stnuc.slide.registry import open_slide
     from wsi_stnuc.st.align import microns_to_slide_matrix, read_alignment_csv
     from wsi_stnuc.st.labels import build_labelset, write_labelset
+    from wsi_stnuc.st.review import write_labelset_qupath
     from wsi_stnuc.st.xenium import read_xenium
     from wsi_stnuc.synth.bundle import make_synthetic_bundle
     from wsi_stnuc.training.dataset import build_patch_dataset
@@ -108,12 +108,7 @@ def run_demo(
     with open_slide(bundle.slide) as slide:
         labels, label_report = build_labelset(st, slide, matrix, taxonomy, panel=bundle.panel)
     paths["labels"] = write_labelset(labels, out / "labels.parquet", taxonomy.classes)
-    paths["labels_qupath"] = write_qupath_geojson(
-        labels.assign(class_name=labels["image_class"]),
-        out / "labels.geojson",
-        classes=taxonomy.classes,
-        measurement_columns=["confidence", "weight"],
-    )
+    paths["labels_qupath"] = write_labelset_qupath(labels, out / "labels.geojson", taxonomy.classes)
     report(f"      {label_report}")
     step("labels", t0)
 

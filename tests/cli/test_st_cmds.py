@@ -227,3 +227,37 @@ def test_celltype_csv(bundle_dir, tmp_path):
         cli, ["celltype", str(tmp_path / "q.h5ad"), "--method", "transfer", "--out", str(out)]
     )
     assert res.exit_code != 0 and "--reference" in res.output
+
+
+def test_review_merges_qupath_edits(tmp_path):
+    import geopandas as gpd
+
+    from wsi_stnuc.classes import ClassTable
+    from wsi_stnuc.st.labels import read_labelset, write_labelset
+    from wsi_stnuc.st.review import write_labelset_qupath
+
+    classes = ClassTable.from_names(["epithelial", "inflammatory"])
+    labels = gpd.GeoDataFrame(
+        {"cell_id": ["a", "b", "c"], "cell_type": ["Malignant", "T", "T"],
+         "image_class": ["epithelial", "inflammatory", "inflammatory"],
+         "confidence": np.float32([0.5, 0.6, 0.7]), "weight": np.float32([1, 1, 1])},
+        geometry=shapely.buffer(shapely.points([[10, 10], [40, 10], [70, 10]]), 5),
+    )  # fmt: skip
+    write_labelset(labels, tmp_path / "labels.parquet", classes)
+    exported = write_labelset_qupath(labels, tmp_path / "labels.geojson", classes)
+    doc = json.loads(exported.read_text())
+    doc["features"][1]["properties"]["classification"] = {"name": "epithelial", "color": [0, 0, 0]}
+    del doc["features"][2]
+    edited = tmp_path / "edited.geojson"
+    edited.write_text(json.dumps(doc))
+    out = tmp_path / "reviewed.parquet"
+    res = CliRunner().invoke(cli, ["review", str(edited), "--labels", str(tmp_path / "labels.parquet"),
+                                   "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "kept 1, deleted 1, reclassified 1, drawn 0" in res.output
+    assert "inflammatory -> epithelial: 1" in res.output
+    reviewed, _ = read_labelset(out)
+    assert list(reviewed["image_class"]) == ["epithelial", "epithelial"]
+    assert list(reviewed["source"]) == ["st", "reviewed"]
+    meta = json.loads(pq.read_schema(out).metadata[b"wsi_stnuc"])
+    assert meta["review"]["deleted"] == 1

@@ -13,7 +13,8 @@ import shapely
 
 from wsi_stnuc.classes import ClassTable
 from wsi_stnuc.errors import InputError
-from wsi_stnuc.export.qupath import deterministic_uuids, read_qupath_geojson, write_qupath_geojson
+from wsi_stnuc.export.ids import deterministic_uuids
+from wsi_stnuc.export.qupath import read_qupath_geojson, write_qupath_geojson
 from wsi_stnuc.formats import NucleusCols, QuPath
 
 CLASSES = ClassTable.from_names(["epithelial", "inflammatory"])
@@ -132,3 +133,54 @@ def test_streamed_frames_equal_one_frame(tmp_path):
     streamed = write_qupath_geojson(frames, tmp_path / "b.geojson", uuid_key="k", chunk_size=3)
     # same bytes: colours of classes outside a table do not depend on the chunking
     assert whole.read_bytes() == streamed.read_bytes()
+
+
+def test_bad_geometry_never_reaches_the_file(tmp_path, caplog):
+    gdf = _nuclei(6)
+    geoms = gdf.geometry.to_numpy().copy()
+    geoms[1] = None
+    geoms[2] = shapely.GeometryCollection([geoms[2], shapely.Point(0, 0)])
+    geoms[3] = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    gdf = gdf.set_geometry(gpd.GeoSeries(list(geoms)))
+    with caplog.at_level("WARNING"):
+        path = write_qupath_geojson(gdf, tmp_path / "g.geojson")
+    feats = json.loads(path.read_text())["features"]
+    assert len(feats) == 5  # the null one is dropped, and counted
+    assert {f["geometry"]["type"] for f in feats} <= {"Polygon", "MultiPolygon"}
+    back = read_qupath_geojson(path)
+    assert back.geometry.is_valid.all()
+    assert "repaired 2, dropped 1 (1 null)" in caplog.text
+
+
+def test_ids_stay_unique_when_chunks_reuse_nucleus_ids(tmp_path, caplog):
+    gdf = _nuclei(10)
+    frames = [gdf.iloc[:5], gdf.iloc[5:].assign(**{NucleusCols.NUCLEUS_ID: np.arange(1, 6)})]
+    with caplog.at_level("WARNING"):
+        path = write_qupath_geojson(iter(frames), tmp_path / "d.geojson", uuid_key="k")
+    ids = [f["id"] for f in json.loads(path.read_text())["features"]]
+    assert len(set(ids)) == 10
+    assert "5 repeated or malformed object ids replaced" in caplog.text
+    again = write_qupath_geojson(iter(frames), tmp_path / "d2.geojson", uuid_key="k")
+    assert [f["id"] for f in json.loads(again.read_text())["features"]] == ids  # deterministic
+    # without nucleus ids, rows are numbered through the whole file, not per chunk
+    plain = (f.drop(columns=NucleusCols.NUCLEUS_ID) for f in frames)
+    path = write_qupath_geojson(plain, tmp_path / "p.geojson", chunk_size=2)
+    assert len({f["id"] for f in json.loads(path.read_text())["features"]}) == 10
+
+
+def test_id_column(tmp_path):
+    gdf = _nuclei(4)
+    given = [str(uuid.uuid4()) for _ in range(3)]
+    gdf["oid"] = [given[0], given[1], given[1].upper(), "not-a-uuid"]
+    path = write_qupath_geojson(gdf, tmp_path / "i.geojson", id_column="oid")
+    ids = [f["id"] for f in json.loads(path.read_text())["features"]]
+    assert ids[:2] == given[:2] and len(set(ids)) == 4
+    assert all(str(uuid.UUID(i)) == i for i in ids)
+
+
+def test_class_probabilities_get_readable_measurement_names(tmp_path):
+    gdf = _nuclei(3).assign(prob_epithelial=[0.1, 0.2, 0.3], prob_other=[1.0, 1.0, 1.0])
+    path = write_qupath_geojson(gdf, tmp_path / "m.geojson", classes=CLASSES)
+    meas = json.loads(path.read_text())["features"][0]["properties"][QuPath.MEASUREMENTS]
+    assert meas[QuPath.class_prob_measurement("epithelial")] == 0.1
+    assert meas["prob_other"] == 1.0  # not a class of the table: left as it is

@@ -1,4 +1,4 @@
-"""QuPath GeoJSON export (and read-back) following the QuPath contract in ARCHITECTURE.md.
+"""QuPath GeoJSON export (and read-back) following the QuPath contract in docs/DESIGN.md.
 
 The writer streams: rows are serialised in vectorised chunks (shapely's GeoJSON writer on
 geometry arrays, pyarrow string kernels for ids, classifications and measurement maps) and each
@@ -6,20 +6,21 @@ chunk's bytes go to disk before the next is built, so a million nuclei never bec
 Python string. A path ending in ``.zip`` (or ``zipped=True``) writes one inner ``.geojson``
 through zipfile's streaming API; QuPath opens such a file directly.
 
-Object ids are deterministic UUIDs (RFC 9562 version 8, i.e. custom hash-based) computed from a
-key (the slide name by default) and the nucleus id with a vectorised 64-bit mixer, so a rerun
-writes the same ids and QuPath scripts can match objects between runs.
+Object ids are deterministic UUIDs, never repeated in a file (:mod:`wsi_stnuc.export.ids`), and
+only valid polygons are written (:mod:`wsi_stnuc.export.geometry`): QuPath rejects a whole file
+for one bad geometry.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
+import logging
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
@@ -31,8 +32,12 @@ import shapely
 
 from wsi_stnuc.classes import UNKNOWN, ClassTable, default_color
 from wsi_stnuc.errors import InputError
-from wsi_stnuc.formats import NucleusCols, QuPath
+from wsi_stnuc.export.geometry import GeometryReport, clean_polygons, snap
+from wsi_stnuc.export.ids import UniqueIds
+from wsi_stnuc.formats import LabelCols, NucleusCols, QuPath
 from wsi_stnuc.io_utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 # Integer identifiers are not measurements: QuPath would plot them as features.
 _NOT_MEASUREMENTS = {
@@ -42,43 +47,6 @@ _NOT_MEASUREMENTS = {
     NucleusCols.CENTROID_X,
     NucleusCols.CENTROID_Y,
 }
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a bijective, well-mixed 64-bit hash, vectorised over uint64."""
-    with np.errstate(over="ignore"):
-        z = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return z ^ (z >> np.uint64(31))
-
-
-def deterministic_uuids(key: str, ids: np.ndarray) -> np.ndarray:
-    """UUID strings (version 8, RFC 4122 variant) that depend only on ``key`` and each id.
-
-    Two 64-bit halves come from SplitMix64 of the id xor two key-derived seeds; version and
-    variant bits are then set, so ``uuid.UUID(s)`` and Java's ``UUID.fromString`` accept them.
-    """
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    seed_hi = np.uint64(int.from_bytes(digest[:8], "little"))
-    seed_lo = np.uint64(int.from_bytes(digest[8:16], "little"))
-    x = np.asarray(ids).astype(np.int64).view(np.uint64)
-    hi = _splitmix64(x ^ seed_hi)
-    lo = _splitmix64(_splitmix64(x ^ seed_lo))
-    hi = (hi & np.uint64(0xFFFFFFFFFFFF0FFF)) | np.uint64(0x8000)  # version 8
-    lo = (lo & np.uint64(0x3FFFFFFFFFFFFFFF)) | np.uint64(0x8000000000000000)  # variant 10
-    raw = np.stack([hi, lo], axis=1).astype(">u8").view(np.uint8).reshape(-1, 16)
-    hexed = np.empty((raw.shape[0], 32), dtype=np.uint8)
-    hexed[:, 0::2] = _HEX[raw >> 4]
-    hexed[:, 1::2] = _HEX[raw & 15]
-    out = np.full((raw.shape[0], 36), ord("-"), dtype=np.uint8)
-    for dst, src in ((0, (0, 8)), (9, (8, 12)), (14, (12, 16)), (19, (16, 20)), (24, (20, 32))):
-        out[:, dst : dst + src[1] - src[0]] = hexed[:, src[0] : src[1]]
-    return out.view("S36").ravel().astype(str)
-
-
 def _class_json(names: Sequence[str], classes: ClassTable | None) -> dict[str, str]:
     """``classification`` JSON text per class name (colour from the table, else a default)."""
     out = {}
@@ -92,24 +60,19 @@ def _class_json(names: Sequence[str], classes: ClassTable | None) -> dict[str, s
     return out
 
 
-def _measurement_strings(df: pd.DataFrame, columns: Sequence[str]) -> pa.Array:
-    """``"name": value`` pairs joined by commas per row; NaN/inf values are left out."""
+def _measurement_strings(df: pd.DataFrame, names: Mapping[str, str]) -> pa.Array:
+    """``"name": value`` pairs joined by commas per row (``names``: column -> measurement
+    name); NaN/inf values are left out."""
     pieces = []
-    for col in columns:
+    for col, name in names.items():
         values = pa.array(df[col].to_numpy(dtype=np.float64), type=pa.float64())
         finite = pc.is_finite(values)
         text = pc.cast(pc.if_else(finite, values, pa.scalar(None, pa.float64())), pa.string())
-        prefix = json.dumps(str(col)) + ":"
+        prefix = json.dumps(str(name)) + ":"
         pieces.append(pc.binary_join_element_wise(pa.scalar(prefix), text, ""))
     if not pieces:
         return pa.array([""] * len(df), type=pa.string())
     return pc.binary_join_element_wise(*pieces, ",", null_handling="skip")
-
-
-def _round_geoms(geoms: np.ndarray, decimals: int | None) -> np.ndarray:
-    if decimals is None:
-        return geoms
-    return shapely.transform(geoms, lambda xy: np.round(xy, decimals))
 
 
 def _number_text(values: np.ndarray) -> pa.Array:
@@ -150,15 +113,23 @@ def _simple_polygons_geojson(geoms: np.ndarray, decimals: int | None) -> pa.Arra
 
 
 def _geojson(geoms: np.ndarray, decimals: int | None) -> pa.Array:
+    """GeoJSON text per geometry: the fast writer for hole-free polygons, GEOS for the rest."""
     geoms = np.asarray(geoms, dtype=object)
     simple = (shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON) & (
         shapely.get_num_interior_rings(geoms) == 0
     )
     simple &= ~shapely.is_empty(geoms)
-    if len(geoms) and simple.all():
+    if simple.all():
         return _simple_polygons_geojson(geoms, decimals)
-    text = shapely.to_geojson(_round_geoms(geoms, decimals))
-    return pa.array(text, type=pa.string(), from_pandas=True)
+    rest = pa.array(shapely.to_geojson(snap(geoms[~simple], decimals)), type=pa.string())
+    if not simple.any():
+        return rest
+    # both kinds in one chunk: concatenate, then put every row back in its place
+    order = np.empty(len(geoms), dtype=np.int64)
+    order[simple] = np.arange(simple.sum())
+    order[~simple] = simple.sum() + np.arange((~simple).sum())
+    both = pa.concat_arrays([_simple_polygons_geojson(geoms[simple], decimals), rest])
+    return pc.take(both, pa.array(order))
 
 
 def _concat_bytes(arr: pa.Array) -> bytes:
@@ -171,65 +142,83 @@ def _concat_bytes(arr: pa.Array) -> bytes:
     return data.to_pybytes()[offsets[0] : offsets[-1]]
 
 
-def _frame_chunks(
-    frame: gpd.GeoDataFrame,
-    *,
-    class_column: str | None,
-    classes: ClassTable | None,
-    measurement_columns: Sequence[str],
-    object_type: str,
-    nucleus_geometry_column: str | None,
-    uuid_key: str,
-    decimals: int | None,
-    chunk_size: int,
-) -> Iterator[bytes]:
-    """Bytes of ``,\\n{feature}`` per row of one frame, ``chunk_size`` rows at a time."""
-    class_text: dict[str, str] = {}
-    if class_column is not None:
-        names = pd.unique(frame[class_column].dropna().astype(str)).tolist()
-        class_text = _class_json(names, classes)
-    ids = (
-        frame[NucleusCols.NUCLEUS_ID].to_numpy()
-        if NucleusCols.NUCLEUS_ID in frame.columns
-        else np.arange(len(frame))
+@dataclass
+class _Writing:
+    """What stays fixed while the chunks of one file are written, and what they add up."""
+
+    class_column: str | None
+    classes: ClassTable | None
+    measurements: dict[str, str]  # column -> QuPath measurement name
+    object_type: str
+    nucleus_geometry_column: str | None
+    id_column: str | None
+    decimals: int | None
+    chunk_size: int
+    ids: UniqueIds
+    geometry: GeometryReport = field(default_factory=GeometryReport)
+
+
+def _clean_chunk(part: gpd.GeoDataFrame, how: _Writing) -> tuple[gpd.GeoDataFrame, list]:
+    """The rows whose geometry (and nucleus geometry) survive, with the cleaned geometries."""
+    geoms, keep, report = clean_polygons(part.geometry.to_numpy(), how.decimals)
+    cleaned = [geoms]
+    if how.nucleus_geometry_column is not None:
+        nuclei, keep_nuc, nuc_report = clean_polygons(
+            part[how.nucleus_geometry_column].to_numpy(), how.decimals
+        )
+        report.add(nuc_report)
+        keep &= keep_nuc
+        cleaned.append(nuclei)
+    how.geometry.add(report)
+    return part[keep], [g[keep] for g in cleaned]
+
+
+def _chunk_ids(part: gpd.GeoDataFrame, how: _Writing) -> pa.Array:
+    if how.id_column is not None:
+        uuids = how.ids.from_text(part[how.id_column].to_numpy())
+    elif NucleusCols.NUCLEUS_ID in part.columns:
+        uuids = how.ids.from_ints(part[NucleusCols.NUCLEUS_ID].to_numpy())
+    else:  # row numbers in the file: unique however the rows are chunked
+        uuids = how.ids.from_ints(how.ids.rows + np.arange(len(part)))
+    return pa.array(uuids, type=pa.string())
+
+
+def _class_text(part: gpd.GeoDataFrame, how: _Writing, class_text: dict[str, str]) -> pa.Array:
+    if how.class_column is None:
+        return pa.nulls(len(part), pa.string())
+    text = pa.array(
+        part[how.class_column].map(class_text).to_numpy(dtype=object),
+        type=pa.string(),
+        from_pandas=True,
     )
-    head = json.dumps({QuPath.OBJECT_TYPE: object_type})[:-1]  # '{"objectType": "..."'
-    geometry = frame.geometry.to_numpy()
-    for start in range(0, len(frame), chunk_size):
-        sl = slice(start, start + chunk_size)
-        part = frame.iloc[sl]
-        n = len(part)
-        uuid_text = pa.array(deterministic_uuids(uuid_key, ids[sl]), type=pa.string())
-        geom_text = _geojson(geometry[sl], decimals)
-        if class_column is not None:
-            cls_text = pa.array(
-                part[class_column].map(class_text).to_numpy(dtype=object),
-                type=pa.string(),
-                from_pandas=True,
-            )
-            cls_text = pc.binary_join_element_wise(
-                pa.scalar(f',"{QuPath.CLASSIFICATION}":'), cls_text, ""
-            )
-        else:
-            cls_text = pa.nulls(n, pa.string())
-        meas = _measurement_strings(part, measurement_columns)
+    return pc.binary_join_element_wise(pa.scalar(f',"{QuPath.CLASSIFICATION}":'), text, "")
+
+
+def _frame_chunks(frame: gpd.GeoDataFrame, how: _Writing) -> Iterator[bytes]:
+    """Bytes of ``,\n{feature}`` per row of one frame, ``chunk_size`` rows at a time."""
+    class_text: dict[str, str] = {}
+    if how.class_column is not None:
+        names = pd.unique(frame[how.class_column].dropna().astype(str)).tolist()
+        class_text = _class_json(names, how.classes)
+    head = json.dumps({QuPath.OBJECT_TYPE: how.object_type})[:-1]  # '{"objectType": "..."'
+    for start in range(0, len(frame), how.chunk_size):
+        part, geoms = _clean_chunk(frame.iloc[start : start + how.chunk_size], how)
         props = pc.binary_join_element_wise(
             pa.scalar(head),
-            pc.fill_null(cls_text, ""),
+            pc.fill_null(_class_text(part, how, class_text), ""),
             pa.scalar(f',"{QuPath.MEASUREMENTS}":{{'),
-            meas,
+            _measurement_strings(part, how.measurements),
             pa.scalar(f'}},"{QuPath.IS_LOCKED}":false}}'),
             "",
         )
         fields = [
             pa.scalar(',\n{"type":"Feature","id":"'),
-            uuid_text,
+            _chunk_ids(part, how),
             pa.scalar('","geometry":'),
-            geom_text,
+            _geojson(geoms[0], how.decimals),
         ]
-        if nucleus_geometry_column is not None:
-            nuc = np.asarray(part[nucleus_geometry_column].to_numpy(), dtype=object)
-            fields += [pa.scalar(f',"{QuPath.NUCLEUS_GEOMETRY}":'), _geojson(nuc, decimals)]
+        if how.nucleus_geometry_column is not None:
+            fields += [pa.scalar(f',"{QuPath.NUCLEUS_GEOMETRY}":'), _geojson(geoms[1], how.decimals)]
         fields += [pa.scalar(',"properties":'), props, pa.scalar("}")]
         yield _concat_bytes(pc.binary_join_element_wise(*fields, ""))
 
@@ -245,6 +234,22 @@ def _default_measurements(frame: gpd.GeoDataFrame, nucleus_geometry_column: str 
     ]
 
 
+def measurement_names(columns: Sequence[str], classes: ClassTable | None) -> dict[str, str]:
+    """QuPath measurement name per column: ``prob_<class>`` of the class table becomes
+    ``Probability: <class>`` (:meth:`QuPath.class_prob_measurement`), the rest keep their name."""
+    readable = {}
+    if classes is not None:
+        for name, col in zip(classes.names, LabelCols.class_probs(classes.names), strict=True):
+            readable[col] = QuPath.class_prob_measurement(name)
+    return {c: readable.get(c, c) for c in columns}
+
+
+def _check_columns(first: gpd.GeoDataFrame, path: Path, columns: dict[str, str | None]) -> None:
+    for what, col in columns.items():
+        if col is not None and col not in first.columns:
+            raise InputError(path, f"no {what} column {col!r} in the table")
+
+
 def write_qupath_geojson(
     gdf: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame],
     path: str | Path,
@@ -254,6 +259,7 @@ def write_qupath_geojson(
     measurement_columns: list[str] | None = None,
     object_type: str = QuPath.DETECTION,
     nucleus_geometry_column: str | None = None,
+    id_column: str | None = None,
     zipped: bool | None = None,
     uuid_key: str | None = None,
     decimals: int | None = 2,
@@ -265,10 +271,15 @@ def write_qupath_geojson(
     geometry in slide level-0 pixels (QuPath's frame). ``class_column`` gives each object's
     classification (colours from ``classes``); ``measurement_columns`` (default: every numeric
     column of the first frame except ids and centroids) become the ``measurements`` map, NaN
-    dropped. With ``nucleus_geometry_column`` the objects are cells: ``geometry`` holds the
-    cell polygon and the nucleus goes into the top-level ``nucleusGeometry``. ``uuid_key``
-    (default: the file stem) seeds the deterministic ids; ``decimals`` rounds coordinates
-    (0.01 px by default).
+    dropped, ``prob_<class>`` named by :func:`measurement_names`. With
+    ``nucleus_geometry_column`` the objects are cells: ``geometry`` holds the cell polygon and
+    the nucleus goes into the top-level ``nucleusGeometry``. Object ids come from
+    ``id_column`` (UUID strings) or are derived from ``uuid_key`` (default: the file stem) and
+    the nucleus id; no id repeats in a file. ``decimals`` rounds coordinates (0.01 px).
+
+    Only valid Polygon/MultiPolygon geometry is written (:func:`clean_polygons`): invalid
+    outlines are repaired, collections reduced to their polygons, null, empty and collapsed
+    ones dropped; a warning gives the counts.
     """
     path = Path(path)
     if zipped is None:
@@ -279,34 +290,22 @@ def write_qupath_geojson(
     first = next(frames, None)
     if first is None:
         first = gpd.GeoDataFrame(geometry=[])
-        class_column = None
+        class_column = id_column = None
         measurement_columns = measurement_columns or []
     frames = itertools.chain([first], frames)
-    if nucleus_geometry_column is not None and nucleus_geometry_column not in first.columns:
-        raise InputError(path, f"no nucleus geometry column {nucleus_geometry_column!r}")
-    if class_column is not None and class_column not in first.columns:
-        raise InputError(path, f"no class column {class_column!r} in the table")
+    _check_columns(first, path, {"nucleus geometry": nucleus_geometry_column,
+                                 "class": class_column, "id": id_column})  # fmt: skip
     if measurement_columns is None:
         measurement_columns = _default_measurements(first, nucleus_geometry_column)
     missing = [c for c in measurement_columns if c not in first.columns]
     if missing:
         raise InputError(path, f"measurement columns not in the table: {missing}")
-    key = uuid_key if uuid_key is not None else _stem(path)
-    chunks = (
-        chunk
-        for frame in frames
-        for chunk in _frame_chunks(
-            frame,
-            class_column=class_column,
-            classes=classes,
-            measurement_columns=measurement_columns,
-            object_type=object_type,
-            nucleus_geometry_column=nucleus_geometry_column,
-            uuid_key=key,
-            decimals=decimals,
-            chunk_size=chunk_size,
-        )
-    )
+    how = _Writing(
+        class_column, classes, measurement_names(measurement_columns, classes), object_type,
+        nucleus_geometry_column, id_column, decimals, chunk_size,
+        UniqueIds(uuid_key if uuid_key is not None else _stem(path)),
+    )  # fmt: skip
+    chunks = (chunk for frame in frames for chunk in _frame_chunks(frame, how))
     with atomic_path(path) as tmp:
         if zipped:
             with (
@@ -317,7 +316,24 @@ def write_qupath_geojson(
         else:
             with open(tmp, "wb") as fh:
                 _write_collection(fh, chunks)
+    if how.geometry.repaired or how.geometry.n_dropped:
+        log.warning("%s: geometry %s", path, how.geometry)
+    if how.ids.replaced:
+        log.warning("%s: %d repeated or malformed object ids replaced", path, how.ids.replaced)
     return path
+
+
+def write_qupath_annotations(
+    geoms, path: str | Path, *, class_name: str, color: Sequence[int]
+) -> Path:
+    """Polygons (e.g. detected tissue, level-0 px) as QuPath annotations of one class, one
+    annotation per polygon part, with deterministic ids from the file stem and part number."""
+    parts = shapely.get_parts(np.asarray(geoms, dtype=object).ravel())
+    parts = parts[~shapely.is_empty(parts)] if len(parts) else parts
+    table = gpd.GeoDataFrame({"class": [class_name] * len(parts)}, geometry=list(parts))
+    classes = ClassTable((class_name,), (tuple(int(c) for c in color),))
+    return write_qupath_geojson(table, path, class_column="class", classes=classes,
+                                measurement_columns=[], object_type=QuPath.ANNOTATION)  # fmt: skip
 
 
 def expand_nuclei_to_cells(
@@ -391,6 +407,19 @@ def _load_json(path: Path) -> dict:
         raise InputError(path, f"cannot read GeoJSON ({exc})") from exc
 
 
+def _classification(value) -> tuple[str | None, list | None]:
+    """(name, colour) of a classification as QuPath and others write it: a plain name,
+    ``{"name", "color"}``, or a derived class as ``{"names": [...], "color"}``."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if not isinstance(value, dict):
+        return None, None
+    name = value.get("name")
+    if name is None and value.get("names"):
+        name = ": ".join(map(str, value["names"]))
+    return name, value.get("color")
+
+
 def read_qupath_geojson(path: str | Path) -> gpd.GeoDataFrame:
     """Read a QuPath GeoJSON (``.geojson``, ``.json`` or ``.zip``) into a GeoDataFrame.
 
@@ -403,14 +432,13 @@ def read_qupath_geojson(path: str | Path) -> gpd.GeoDataFrame:
     if not isinstance(features, list):
         raise InputError(path, "not a GeoJSON FeatureCollection or feature list")
     props = [f.get("properties") or {} for f in features]
+    classes = [_classification(p.get(QuPath.CLASSIFICATION)) for p in props]
     table = pd.DataFrame(
         {
             "id": [f.get("id") for f in features],
             QuPath.OBJECT_TYPE: [p.get(QuPath.OBJECT_TYPE) for p in props],
-            NucleusCols.CLASS_NAME: [
-                (p.get(QuPath.CLASSIFICATION) or {}).get("name") for p in props
-            ],
-            "class_color": [(p.get(QuPath.CLASSIFICATION) or {}).get("color") for p in props],
+            NucleusCols.CLASS_NAME: [c[0] for c in classes],
+            "class_color": [c[1] for c in classes],
         }
     )
     records = [p.get(QuPath.MEASUREMENTS) or {} for p in props]
@@ -418,7 +446,11 @@ def read_qupath_geojson(path: str | Path) -> gpd.GeoDataFrame:
         pd.DataFrame.from_records(records, index=table.index) if records else pd.DataFrame()
     )
     table = pd.concat([table, measurements], axis=1)
-    geoms = shapely.from_geojson([json.dumps(f["geometry"]) for f in features]) if features else []
+    geoms = (
+        shapely.from_geojson([json.dumps(f.get("geometry")) for f in features], on_invalid="ignore")
+        if features
+        else []
+    )
     if any(QuPath.NUCLEUS_GEOMETRY in f for f in features):
         table["nucleus_geometry"] = gpd.GeoSeries(
             [

@@ -52,7 +52,7 @@ from wsi_stnuc.classes import UNKNOWN, ClassTable
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.export.geoparquet import GeoParquetAppender, write_geoparquet
 from wsi_stnuc.export.qupath import expand_nuclei_to_cells, write_qupath_geojson
-from wsi_stnuc.formats import NucleusCols, QuPath
+from wsi_stnuc.formats import LabelCols, NucleusCols, QuPath
 from wsi_stnuc.inference.features import FEATURE_COLUMNS, nucleus_features
 from wsi_stnuc.inference.identity import SlideIdentity, settings_diff, settings_key
 from wsi_stnuc.inference.lock import LOCK_SUFFIX, locked
@@ -126,6 +126,12 @@ def _class_names(classes: ClassTable, class_ids: np.ndarray) -> np.ndarray:
     return lookup[np.where((ids >= 1) & (ids <= classes.n_classes), ids, len(lookup) - 1)]
 
 
+def _named_probs(classes: ClassTable) -> dict[str, str]:
+    """``prob_<k>`` -> ``prob_<class name>`` (the LabelSet's names, ``LabelCols.class_probs``)."""
+    names = LabelCols.class_probs(classes.names)
+    return {f"{NucleusCols.PROB_PREFIX}{k + 1}": name for k, name in enumerate(names)}
+
+
 def _tile_nuclei(
     raw: Any,
     image: np.ndarray,
@@ -147,7 +153,9 @@ def _tile_nuclei(
     )  # fmt: skip
     # one frame from a column dict (same column order as assigning them one by one): each
     # GeoDataFrame column assignment costs about as much as a tile's features
-    cols: dict[str, Any] = {c: gdf[c] for c in gdf.columns if c not in _TILE_LOCAL}
+    # the segmenter numbers its class probabilities (prob_1..prob_K); the table names them
+    named = _named_probs(seg.classes)
+    cols: dict[str, Any] = {named.get(c, c): gdf[c] for c in gdf.columns if c not in _TILE_LOCAL}
     cols.setdefault(NucleusCols.CLASS_ID, np.zeros(len(gdf), np.int64))
     cols[NucleusCols.CLASS_NAME] = _class_names(seg.classes, cols[NucleusCols.CLASS_ID])
     for col in feats.columns:
@@ -353,7 +361,7 @@ def _empty_table(classes: ClassTable) -> gpd.GeoDataFrame:
         NucleusCols.CLASS_ID: np.int32,
         NucleusCols.DET_PROB: np.float32,
     }
-    cols.update({f"{NucleusCols.PROB_PREFIX}{k + 1}": np.float32 for k in range(classes.n_classes)})
+    cols.update({name: np.float32 for name in LabelCols.class_probs(classes.names)})
     cols.update({c: np.float64 for c in FEATURE_COLUMNS})
     frame = pd.DataFrame({c: np.zeros(0, t) for c, t in cols.items()})
     frame[NucleusCols.CLASS_NAME] = np.zeros(0, dtype=object)
@@ -585,7 +593,7 @@ def _infer_locked(slide, seg: Segmenter, paths: dict[str, Path], name: str,
     n, counts, geojson = _write_outputs(paths, name, seg, meta, n_batches, slide.mpp[0], export)
     result = SlideResult(
         name=name,
-        slide_path=identity.path,
+        slide_path=identity.path,  # resolved; groovy/import_wsi_stnuc.groovy matches on it
         parquet=str(paths["parquet"]),
         geojson=None if geojson is None else str(geojson),
         n_nuclei=n,

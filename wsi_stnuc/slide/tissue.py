@@ -7,21 +7,17 @@ then morphology closes gaps between tissue fragments, fills small holes and drop
 
 from __future__ import annotations
 
-import json
-import uuid
-from pathlib import Path
-
 import numpy as np
 import shapely
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
-from wsi_stnuc.formats import QuPath
-from wsi_stnuc.io_utils import atomic_path
 from wsi_stnuc.slide.base import SlideReader
 
-TISSUE_COLOR = [64, 160, 64]
+# QuPath annotation class of detected tissue (written by export.qupath.write_qupath_annotations)
+TISSUE_CLASS = "Tissue"
+TISSUE_COLOR = (64, 160, 64)
 # below this saturation nothing is stained, whatever Otsu says (a blank slide has no tissue)
 MIN_SATURATION = 0.05
 MIN_OPTICAL_DENSITY = 0.05
@@ -100,29 +96,3 @@ def detect_tissue(
     tissue = mask_to_polygons(mask, sx, sy)
     # the overview's last row/column may reach past the slide; clip to the slide
     return shapely.intersection(tissue, shapely.box(0, 0, width, height))
-
-
-def write_tissue_geojson(tissue, path: str | Path, name: str = "Tissue") -> Path:
-    """Write ``tissue`` as a QuPath-readable FeatureCollection of annotation objects.
-
-    One feature per polygon (level-0 px, as QuPath expects), each with a UUID ``id``.
-    """
-    parts = shapely.get_parts(tissue)
-    features = [
-        {
-            "type": "Feature",
-            "id": str(uuid.uuid4()),
-            "geometry": shapely.geometry.mapping(part),
-            "properties": {
-                QuPath.OBJECT_TYPE: QuPath.ANNOTATION,
-                QuPath.CLASSIFICATION: {"name": name, "color": TISSUE_COLOR},
-                QuPath.IS_LOCKED: False,
-            },
-        }
-        for part in parts
-        if not part.is_empty
-    ]
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    return path

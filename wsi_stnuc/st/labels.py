@@ -264,7 +264,8 @@ def write_labelset(
             f"{list(classes.names)}: re-class the LabelSet with apply_taxonomy",
         )
     meta = {"kind": LABELSET_KIND, "classes": classes.to_dict(), **(extra or {})}
-    keep = [*COLUMNS[:-1], *_prob_columns(labels), L.GEOMETRY]
+    review = [c for c in (L.OBJECT_ID, L.SOURCE) if c in labels.columns]
+    keep = [*COLUMNS[:-1], *_prob_columns(labels), *review, L.GEOMETRY]
     return write_geoparquet(labels[keep], path, metadata=meta)
 
 
@@ -277,8 +278,10 @@ def apply_taxonomy(
     ``min_confidence``). A cell the LabelSet made ``unknown`` although other cells of its type
     have a class was set aside for itself (low confidence, polygon off its nucleus:
     :func:`wsi_stnuc.taxonomy.label_confidence.label_weights`) and stays ``unknown``; cells of a type
-    the old taxonomy left unmapped get the new one's class. ``prob_<class>`` columns are
-    recomputed from the ``type_prob_<type>`` ones (dropped when there are none).
+    the old taxonomy left unmapped get the new one's class. A class a pathologist set
+    (``source`` reviewed or manual, :mod:`wsi_stnuc.st.review`) stays where the new table has
+    it and becomes ``unknown`` where not. ``prob_<class>`` columns are recomputed from the
+    ``type_prob_<type>`` ones (one-hot for the pathologist's rows; dropped when there are none).
     """
     for col in (L.CELL_TYPE, L.IMAGE_CLASS, L.CONFIDENCE):
         if col not in labels.columns:
@@ -291,10 +294,24 @@ def apply_taxonomy(
     mapped = map_to_classes(types, taxonomy).to_numpy(object)
     out = labels.drop(columns=_prob_columns(labels, (L.CLASS_PROB_PREFIX,)))
     out[L.IMAGE_CLASS] = np.where(confident & ~set_aside, mapped, UNKNOWN)
+    # a pathologist's class (wsi-stnuc review) stands where the new table has it
+    judged = _judged(labels)
+    kept = np.where(labels[L.IMAGE_CLASS].isin(taxonomy.classes.names), labels[L.IMAGE_CLASS], UNKNOWN)
+    out.loc[judged, L.IMAGE_CLASS] = kept[judged]
     type_probs = type_probabilities(labels)
     if type_probs is None:
         return out
-    return pd.concat([out, _class_prob_frame(type_probs, taxonomy, out.index)], axis=1)
+    probs = _class_prob_frame(type_probs.fillna(0.0), taxonomy, out.index)
+    for name, col in zip(taxonomy.classes.names, probs.columns, strict=True):
+        probs.loc[judged, col] = (out[L.IMAGE_CLASS].to_numpy()[judged] == name).astype(np.float32)
+    return pd.concat([out, probs], axis=1)
+
+
+def _judged(labels: pd.DataFrame) -> np.ndarray:
+    """Rows whose class a pathologist set (``source`` reviewed or manual)."""
+    if L.SOURCE not in labels.columns:
+        return np.zeros(len(labels), dtype=bool)
+    return labels[L.SOURCE].isin([L.SOURCE_REVIEWED, L.SOURCE_MANUAL]).to_numpy()
 
 
 def read_labelset(path: str | Path) -> tuple[gpd.GeoDataFrame, ClassTable]:
