@@ -80,13 +80,16 @@ def cohort(tmp_path_factory):
     out = root / "results"
     seg = Segmenter(_forward, 0.5, CLASSES, identity={"name": "oracle"})
     run = run_cohort([str(s) for s in slides], seg, out, progress=False, core=64, halo=16,
-                     batch_size=4, tissue=False, workers=1)  # fmt: skip
+                     max_area_um2=40, batch_size=4, tissue=False, workers=1)  # fmt: skip
     assert run.n_failed == 0
     other = Segmenter(_forward, 0.5, CLASSES, identity={"name": "another model"})
-    run_cohort([str(slides[0])], other, root / "other", progress=False, core=64, halo=16,
-               tissue=False, workers=1)  # fmt: skip
+    again = run_cohort([str(slides[0])], other, root / "other", progress=False, core=64,
+                       halo=16, max_area_um2=40, tissue=False, workers=1)  # fmt: skip
     (root / "link").symlink_to(root / "b")
-    return root, out, {r["name"]: r for r in run.rows}
+    # Rows by folder of their slide: names are STEM-HASH, the same stem in a/ and b/.
+    rows = {Path(r["path"]).parent.name: r for r in run.rows}
+    rows["other"] = again.rows[0]
+    return root, out, rows
 
 
 def _ids(result_geojson: str) -> list[str]:
@@ -97,10 +100,10 @@ def _ids(result_geojson: str) -> list[str]:
 
 def test_import_logic_on_qupath_core(groovy, cohort, tmp_path):
     root, out, rows = cohort
-    assert sorted(rows) == ["slide", "slide-2", "solo"]
+    assert rows["a"]["name"] != rows["b"]["name"]  # same file name, other folders
     images = [
         {"name": "slide.tif", "paths": [str(root / "a" / "slide.tif")], "runs": 2,
-         "existing": str(root / "other" / "slide.geojson")},
+         "existing": rows["other"]["geojson"]},
         {"name": "slide.tif", "paths": [str(root / "link" / "slide.tif")]},  # b/, via a link
         {"name": "solo.tif", "paths": ["/moved/elsewhere/solo.tif"]},  # unique file name
         {"name": "slide.tif", "paths": ["/moved/elsewhere/slide.tif"]},  # ambiguous name
@@ -110,15 +113,16 @@ def test_import_logic_on_qupath_core(groovy, cohort, tmp_path):
     res = groovy("groovy.ui.GroovyMain", str(DRIVER), str(SCRIPT), str(out), str(scenario))
     assert res.returncode == 0, res.stdout + res.stderr
     a, b, solo, ambiguous = json.loads(res.stdout.strip().splitlines()[-1])
-    tag = str(json.loads((out / "slide.summary.json").read_text())["model_tag"])
-    # a/slide.tif gets `slide`, and a rerun replaces it; the other model's objects stay
-    assert a["ids"] == sorted(_ids(rows["slide"]["geojson"]) + _ids(str(root / "other" / "slide.geojson")))
-    assert a["tags"][tag] == rows["slide"]["n_nuclei"]
-    assert "replaced 0" in a["lines"][0] and f"replaced {rows['slide']['n_nuclei']}" in a["lines"][1]
-    # b/slide.tif, reached through a symbolic link, gets `slide-2`, not `slide`
-    assert b["ids"] == _ids(rows["slide-2"]["geojson"]) and "slide-2.geojson" in b["lines"][0]
+    a_row, b_row = rows["a"], rows["b"]
+    tag = str(json.loads((out / f"{a_row['name']}.summary.json").read_text())["model_tag"])
+    # a/slide.tif gets its own result, and a rerun replaces it; the other model's objects stay
+    assert a["ids"] == sorted(_ids(a_row["geojson"]) + _ids(rows["other"]["geojson"]))
+    assert a["tags"][tag] == a_row["n_nuclei"]
+    assert "replaced 0" in a["lines"][0] and f"replaced {a_row['n_nuclei']}" in a["lines"][1]
+    # b/slide.tif, reached through a symbolic link, gets b's result, not a's
+    assert b["ids"] == _ids(b_row["geojson"]) and f"{b_row['name']}.geojson" in b["lines"][0]
     assert b["colours"] == {c["name"]: c["color"] for c in CLASSES.to_dict()}
-    assert solo["ids"] == _ids(rows["solo"]["geojson"])
+    assert solo["ids"] == _ids(rows["c"]["geojson"])
     assert ambiguous["n_objects"] == 0 and "not guessing" in ambiguous["lines"][0]
 
 
