@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.io_utils import atomic_path
+from wsi_stnuc.progress import bar_disable
 from wsi_stnuc.slide.registry import TIFF_SUFFIXES, VENDOR_SUFFIXES, ZARR_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ def run_cohort(
         rows.append(row)
         _write_csv(manifest, _manifest_frame(rows))
 
-    bar = tqdm(total=len(jobs), desc="slides", unit="slide", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="slides", unit="slide", disable=bar_disable(progress))
     try:
         if distributed:
             _run_distributed(jobs, model, out_dir, options, scheduler, local_cluster,

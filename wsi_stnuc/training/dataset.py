@@ -296,6 +296,7 @@ def build_patch_dataset(
     import zarr
     from tqdm import tqdm
 
+    from wsi_stnuc.progress import bar_disable
     from wsi_stnuc.slide.registry import open_slide
 
     labels = _load_labels(labels)
@@ -335,7 +336,7 @@ def build_patch_dataset(
             root = zarr.open_group(str(tmp), mode="w")
             writer = _PatchWriter(root, len(origins), patch)
             for i, (x0, y0) in enumerate(
-                tqdm(origins, desc="patches", unit="patch", disable=not progress)
+                tqdm(origins, desc="patches", unit="patch", disable=bar_disable(progress))
             ):
                 image = slide.read_region(x0, y0, patch, patch, mpp)
                 t = rasterize_targets(labels, x0, y0, sx, sy, (patch, patch), classes)
