@@ -41,6 +41,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from wsi_stnuc.errors import InputError
+from wsi_stnuc.inference.report import write_cohort_report
 from wsi_stnuc.io_utils import atomic_path
 from wsi_stnuc.progress import bar_disable
 from wsi_stnuc.slide.registry import TIFF_SUFFIXES, VENDOR_SUFFIXES, ZARR_SUFFIXES
@@ -312,6 +313,7 @@ def run_cohort(
     finally:
         bar.close()
     _write_csv(summary, _summary_frame(rows))
+    write_cohort_report(rows, out_dir)
     result = CohortResult(rows, manifest, summary)
     log.info("cohort: %d slides, %d failed", len(rows), result.n_failed)
     return result

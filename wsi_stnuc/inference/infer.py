@@ -47,8 +47,10 @@ from wsi_stnuc.export.geoparquet import GeoParquetAppender, write_geoparquet
 from wsi_stnuc.export.qupath import expand_nuclei_to_cells, write_qupath_geojson
 from wsi_stnuc.formats import NucleusCols, QuPath
 from wsi_stnuc.inference.features import FEATURE_COLUMNS, nucleus_features
+from wsi_stnuc.inference.overview import write_slide_overview
 from wsi_stnuc.inference.stitch import stitch_tile
 from wsi_stnuc.io_utils import atomic_path
+from wsi_stnuc.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +312,7 @@ def _run_batches(
     stream = stream_tiles(slide, todo_grid, max_in_flight=2 * batch_size, num_workers=workers,
                           scheduler=reader)  # fmt: skip
     attrs, slide_mpp = dict(grid.attrs), tuple(slide.mpp)
-    bar = tqdm(total=len(todo_grid), desc=label, unit="tile", disable=not progress, leave=False)
+    bar = tqdm(total=len(todo_grid), desc=label, unit="tile", disable=bar_disable(progress), leave=False)
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max(1, workers)) as pool:
         try:
@@ -537,5 +539,6 @@ def infer_slide(
     with atomic_path(paths["summary"]) as tmp:
         tmp.write_text(json.dumps(result.to_dict(), indent=1))
     shutil.rmtree(paths["parts"], ignore_errors=True)
+    write_slide_overview(result, mpp_override)
     log.info("%s: %d nuclei in %.1f s", name, n, result.seconds)
     return result
