@@ -66,6 +66,7 @@ def infer(
     manifests (columns: path, optional mpp and name). Exits with 1 if any slide failed."""
     from wsi_stnuc.errors import InputError
     from wsi_stnuc.inference.cohort import run_cohort
+    from wsi_stnuc.inference.report import REPORT
 
     if scheduler and local_cluster:
         raise click.UsageError("--scheduler and --local-cluster are exclusive")
@@ -79,7 +80,8 @@ def infer(
         reader=reader,
     )  # fmt: skip
     n_ok = len(result.rows) - result.n_failed
-    click.echo(f"{n_ok} of {len(result.rows)} slides done; manifest: {result.manifest}")
+    click.echo(f"{n_ok} of {len(result.rows)} slides done; manifest: {result.manifest}; "
+               f"report (open in a browser): {result.manifest.with_name(REPORT)}")  # fmt: skip
     for row in result.rows:
         if row["status"] != "ok":
             click.secho(f"failed: {row['path']}: {row['error']}", fg="red", err=True)
