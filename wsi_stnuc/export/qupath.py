@@ -1,4 +1,4 @@
-"""QuPath GeoJSON export (and read-back) following the QuPath contract in ARCHITECTURE.md.
+"""QuPath GeoJSON export (and read-back) following the QuPath GeoJSON contract in docs/DESIGN.md.
 
 The writer streams: rows are serialised in vectorised chunks (shapely's GeoJSON writer on
 geometry arrays, pyarrow string kernels for ids, classifications and measurement maps) and each
