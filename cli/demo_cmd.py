@@ -34,7 +34,7 @@ import click
     "--minutes",
     type=float,
     default=None,
-    help="Safety cap on training time in minutes (default 20); if it stops training, the "
+    help="Safety cap on training time in minutes (default 120); if it stops training, the "
     "demo says so and its figures depend on the machine.",
 )
 @click.option("--device", default="cpu", show_default=True,

@@ -43,7 +43,7 @@ class DemoConfig:
     holdout_fraction: float = 0.34  # right-hand strip of the slide, never seen in training
     steps: int = 400
     threads: int = 2
-    max_train_minutes: float = 20.0
+    max_train_minutes: float = 120.0
     patch: int = 256
     device: str = "cpu"
     style: str = "hard"  # PaintStyle preset: "hard" or "clean"
