@@ -81,6 +81,7 @@ def infer(
     globs or CSV manifests (columns: path, optional mpp and name). Exits with 1 if any slide
     failed or was held by another run, 2 on bad options (checked before any slide)."""
     from wsi_stnuc.inference.cohort import run_cohort
+    from wsi_stnuc.inference.report import REPORT
 
     if scheduler and local_cluster:
         raise click.UsageError("--scheduler and --local-cluster are exclusive")
@@ -92,7 +93,8 @@ def infer(
         qupath_zip=zipped, qupath_cells=qupath_cells, workers=workers, reader=reader,
     )  # fmt: skip
     n_ok = sum(r["status"] == "ok" for r in result.rows)
-    click.echo(f"{n_ok} of {len(result.rows)} slides done; manifest: {result.manifest}")
+    click.echo(f"{n_ok} of {len(result.rows)} slides done; manifest: {result.manifest}; "
+               f"report (open in a browser): {result.manifest.with_name(REPORT)}")  # fmt: skip
     for row in result.rows:
         if row["status"] == "failed":
             click.secho(f"failed: {row['path']}: {row['error']}", fg="red", err=True)

@@ -203,11 +203,24 @@ def _matrix(bundle, alignment, keypoints, matrix_text):
     help="Weight each polygon by the hematoxylin under it vs around it; polygons off their "
     "nucleus get a low weight and become unknown.",
 )
+@click.option("--min-counts", type=int, default=10, show_default=True,
+              help="QC: drop cells with fewer gene counts (controls excluded).")  # fmt: skip
+@click.option("--min-genes", type=int, default=3, show_default=True,
+              help="QC: drop cells with fewer genes detected.")  # fmt: skip
+@click.option("--min-area", type=float, default=5.0, show_default=True,
+              help="QC: smallest nucleus area kept, µm².")  # fmt: skip
+@click.option("--max-area", type=float, default=400.0, show_default=True,
+              help="QC: largest nucleus area kept, µm².")  # fmt: skip
+@click.option("--warn-matched", type=float, default=0.6, show_default=True,
+              help="Warn when fewer ST nuclei than this fraction lie within 3 µm of an H&E "
+                   "nucleus.")  # fmt: skip
+@click.option("--warn-residual", type=float, default=2.5, show_default=True,
+              help="Warn when the median ST-to-H&E nucleus distance exceeds this many µm.")  # fmt: skip
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Output LabelSet (GeoParquet).",
+    help="Output LabelSet (GeoParquet); the QC figure goes beside it (NAME.qc.png).",
 )
 @click.option(
     "--qupath",
@@ -232,10 +245,17 @@ def labels(
     min_confidence,
     no_refine,
     h_weight,
+    min_counts,
+    min_genes,
+    min_area,
+    max_area,
+    warn_matched,
+    warn_residual,
     out,
     qupath,
 ):
-    """Build training labels: ST nuclei on the H&E slide, classed by expression."""
+    """Build training labels: ST nuclei on the H&E slide, classed by expression; draw the
+    registration QC and class map (NAME.qc.png) and warn when the registration looks weak."""
     from wsi_stnuc.classes import load_taxonomy
     from wsi_stnuc.slide.registry import open_slide
     from wsi_stnuc.st.labels import build_labelset, write_labelset
@@ -269,28 +289,54 @@ def labels(
             reference=ref,
             min_confidence=min_confidence,
             refine=not no_refine,
+            min_counts=min_counts,
+            min_genes=min_genes,
+            nucleus_area_um2=(min_area, max_area),
         )
         if h_weight:
-            from wsi_stnuc.classes import UNKNOWN
-            from wsi_stnuc.formats import LabelCols as L
-            from wsi_stnuc.taxonomy.label_confidence import label_weights
-
-            lw = label_weights(gdf, reader, min_confidence=min_confidence)
-            was_known = gdf[L.IMAGE_CLASS] != UNKNOWN
-            for col in lw.columns.drop("h_support"):  # weight, class, class probabilities
-                gdf[col] = lw[col].to_numpy()
-            lost = int((was_known & (gdf[L.IMAGE_CLASS] == UNKNOWN)).sum())
-            click.echo(f"H&E support: mean polygon weight {gdf[L.WEIGHT].mean():.2f}; "
-                       f"{lost} polygons off their nucleus -> unknown")  # fmt: skip
+            _apply_h_weight(gdf, reader, min_confidence, report, tax.classes)
+        qc_png = out.with_name(out.name.removesuffix(".parquet") + ".qc.png")
+        warnings = _registration_qc(reader, bundle, gdf, tax.classes, a, report, qc_png,
+                                    warn_matched, warn_residual)  # fmt: skip
     extra = {"source": str(bundle.source), "slide": str(slide), "report": report.to_dict()}
     write_labelset(gdf, out, tax.classes, extra=extra)
     click.echo(str(report))
-    click.echo(f"wrote {len(gdf)} labelled nuclei -> {out}")
+    for line in warnings:
+        click.secho(f"WARNING: {line}", fg="yellow")
+    click.echo(f"wrote {len(gdf)} labelled nuclei -> {out}; QC figure -> {qc_png}")
     if qupath is not None:
         from wsi_stnuc.st.review import write_labelset_qupath
 
         write_labelset_qupath(gdf, qupath, tax.classes)
         click.echo(f"wrote QuPath GeoJSON -> {qupath} (review it, then: wsi-stnuc review)")
+
+
+def _apply_h_weight(gdf, reader, min_confidence, report, classes) -> None:
+    """Weight polygons by the hematoxylin under them; the report recounts the classes so what
+    is printed is what the file holds."""
+    from wsi_stnuc.formats import LabelCols as L
+    from wsi_stnuc.taxonomy.label_confidence import label_weights
+
+    lw = label_weights(gdf, reader, min_confidence=min_confidence)
+    for col in lw.columns.drop("h_support"):  # weight, class, class probabilities
+        gdf[col] = lw[col].to_numpy()
+    report.recount_classes(gdf, classes)
+    click.echo(f"H&E support: mean polygon weight {gdf[L.WEIGHT].mean():.2f}; "
+               f"{report.off_nucleus} polygons off their nucleus -> unknown")  # fmt: skip
+
+
+def _registration_qc(reader, bundle, gdf, classes, before, report, png, min_matched,
+                     max_residual) -> list[str]:  # fmt: skip
+    """Measure the registration, draw the QC figure, record it in the report; the warnings."""
+    import numpy as np
+
+    from wsi_stnuc.st.qc_figures import write_labels_qc
+    from wsi_stnuc.st.registration_qc import registration_warnings
+
+    after = np.asarray(report.matrix)
+    qc, _ = write_labels_qc(png, reader, bundle.nuclei, gdf, classes, before, after)
+    report.registration_qc = qc.to_dict()
+    return registration_warnings(qc, min_matched=min_matched, max_residual_um=max_residual)
 
 
 @click.command("review")

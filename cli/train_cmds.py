@@ -154,10 +154,10 @@ def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretr
               max_minutes, max_steps, augment_preset, soft_classes, patience, seed, workers,
               threads, resume) -> None:  # fmt: skip
     """Train the nucleus network on a patch dataset."""
-    import pandas as pd
+    import json
 
     from wsi_stnuc.model.device import check_device
-    from wsi_stnuc.training.train import LOG, TrainConfig, train_model
+    from wsi_stnuc.training.train import CURVES, RUN, TrainConfig, train_model
 
     check_device(device)  # once, before the dataset is opened: one line, exit 2
     cfg = TrainConfig(
@@ -169,10 +169,15 @@ def train_cmd(dataset, out, epochs, batch_size, lr, width, depth, encoder, pretr
         soft_classes=soft_classes,
     )  # fmt: skip
     best = train_model(dataset, out, cfg, resume=resume)
-    log = pd.read_csv(Path(out) / LOG)
-    cols = [c for c in ("epoch", "train_total", "val_loss", "val_pq", "val_cls_acc") if c in log]
-    click.echo(log[cols].tail(5).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    click.echo(f"best checkpoint: {best}")
+    # The epochs were logged as they ran; stdout gets the outcome once, not the log again.
+    run = json.loads((Path(out) / RUN).read_text())
+    pq = run["best_val_pq"]
+    click.echo(f"{run['steps']} steps in {run['epochs']} epochs (stopped: {run['stop']}); "
+               f"best validation PQ {'–' if pq is None else f'{pq:.3f}'}")  # fmt: skip
+    if run["time_capped"]:
+        click.secho(f"WARNING: --max-minutes stopped training at step {run['steps']} of "
+                    f"{run['step_budget']}", fg="yellow")  # fmt: skip
+    click.echo(f"best checkpoint: {best}; curves: {Path(out) / CURVES}")
 
 
 COMMANDS = [dataset_cmd, train_cmd]

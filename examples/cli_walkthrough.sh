@@ -23,11 +23,13 @@ wsi-stnuc labels --xenium "$xenium" --slide "$slide" \
     --alignment "$xenium/synthetic_he_imagealignment.csv" --panel "$work/bundle/panel.yaml" \
     --out "$work/labels.parquet" --qupath "$work/labels.geojson"
 
-# 3. training patches at the model's resolution, then training (CPU here; a GPU is used if present)
+# 3. training patches at the model's resolution, then training: a step budget with pinned
+#    threads, so the result is the same on a busy machine (CPU here; a GPU is used if present)
 wsi-stnuc dataset --slide "$slide" --labels "$work/labels.parquet" --out "$work/dataset.zarr" --mpp 0.5
-wsi-stnuc train "$work/dataset.zarr" --out "$work/model" --epochs 30 --max-minutes 3
+wsi-stnuc train "$work/dataset.zarr" --out "$work/model" --max-steps 300 --threads 2
 
-# 4. whole-slide inference (a folder, a glob or a CSV manifest work the same), resumable
+# 4. whole-slide inference (a folder, a glob or a CSV manifest work the same), resumable;
+#    results/slide.overview.png and results/report.html show what it found
 wsi-stnuc infer --model "$work/model/best.pt" "$slide" --out "$work/results" --resume
 
 # 5. score against the generator's truth (whole slide, including the training area); outputs

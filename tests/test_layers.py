@@ -13,6 +13,7 @@ ROOT = Path(wsi_stnuc.__file__).parent
 # Lower number = lower layer. Top-level shared modules are layer 0; the demo chain is last.
 LAYERS = {
     "errors": 0, "formats": 0, "io_utils": 0, "stain": 0, "classes": 0, "data": 0,
+    "progress": 0, "figures": 0,
     "slide": 1, "export": 1, "model": 1,
     "st": 2,
     "inference": 3,

@@ -11,16 +11,50 @@ from click.testing import CliRunner
 from wsi_stnuc.pipeline import DemoConfig, format_metrics, run_demo
 from wsi_stnuc_cli.main import cli
 
+SMALL = DemoConfig(width=1024, height=768, steps=4, patch=128, threads=1)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same small configuration run twice, in two folders."""
+    root = tmp_path_factory.mktemp("demo")
+    lines: list[str] = []
+    first = run_demo(root / "a", SMALL, report=lines.append)
+    second = run_demo(root / "b", SMALL, report=lambda _: None)
+    return first, second, lines
+
 
 @pytest.mark.slow
-def test_small_demo_runs_every_stage(tmp_path):
-    lines: list[str] = []
-    config = DemoConfig(width=1024, height=768, epochs=2, max_train_minutes=0.2, patch=128)
-    result = run_demo(tmp_path / "demo", config, report=lines.append)
+def test_same_seed_gives_the_same_figures(two_runs):
+    first, second, _ = two_runs
+    a, b = (json.loads(r.paths["metrics"].read_text()) for r in (first, second))
+    assert json.dumps(a["metrics"], sort_keys=True) == json.dumps(b["metrics"], sort_keys=True)
+    assert a["training"] == b["training"]
+    assert a["training"]["steps"] == 4 and a["training"]["time_capped"] is False
+    assert a["seed"] == 0 and a["training"]["threads"] == 1
+    assert {"wsi_stnuc", "torch", "numpy"} <= set(a["versions"])
 
+
+@pytest.mark.slow
+def test_small_demo_runs_every_stage_and_draws_each(two_runs):
+    from PIL import Image
+
+    from wsi_stnuc.inference.overview import SIZE_PX as OVERVIEW
+    from wsi_stnuc.st.qc_figures import SIZE_PX as LABELS_QC
+    from wsi_stnuc.training.curves import DPI, FIGSIZE
+
+    result, _, lines = two_runs
+    config = SMALL
     assert any("SYNTHETIC" in line for line in lines)
+    assert any("4 steps" in line for line in lines) and not any("WARNING" in x for x in lines)
     for key in ("slide", "labels", "labels_qupath", "dataset", "model", "nuclei", "metrics"):
         assert result.paths[key].exists(), key
+    sizes = {"labels_qc": LABELS_QC, "train_curves": (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI),
+             "overview": OVERVIEW}  # fmt: skip
+    for key, size in sizes.items():
+        assert result.paths[key].parent.exists()
+        with Image.open(result.paths[key]) as im:
+            assert im.format == "PNG" and im.size == size, key
     doc = json.loads(result.paths["metrics"].read_text())
     assert doc["synthetic"] is True
     for model in ("trained", "untrained"):

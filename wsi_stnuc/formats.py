@@ -115,7 +115,7 @@ class NucleusCols:
 
 
 class QuPath:
-    """Keys of QuPath's GeoJSON (see ARCHITECTURE.md, QuPath contract)."""
+    """Keys of QuPath's GeoJSON (see docs/DESIGN.md, QuPath GeoJSON contract)."""
 
     OBJECT_TYPE = "objectType"
     DETECTION = "detection"

@@ -143,6 +143,57 @@ def test_labels_h_weight_keeps_registered_polygons(bundle_dir, tmp_path):
     )
 
 
+def _labels_args(bundle_dir, out):
+    r = bundle_dir["root"]
+    return ["labels", "--xenium", str(bundle_dir["xenium"]), "--slide", str(r / "he.tif"),
+            "--panel", str(r / "panel.yaml"), "--out", str(out)]  # fmt: skip
+
+
+def test_labels_summary_matches_the_file_with_h_weight(bundle_dir, tmp_path):
+    from PIL import Image
+
+    from wsi_stnuc.st.labels import read_labelset
+    from wsi_stnuc.st.qc_figures import SIZE_PX
+
+    out = tmp_path / "hw.parquet"
+    res = CliRunner().invoke(cli, [*_labels_args(bundle_dir, out), "--alignment",
+                                   str(bundle_dir["root"] / "he_imagealignment.csv"),
+                                   "--h-weight"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    gdf, _ = read_labelset(out)
+    counts = gdf["image_class"].value_counts()
+    for cls in ("epithelial", "inflammatory", "connective", "unknown"):
+        line = next(x for x in res.output.splitlines() if x.startswith(f"class: {cls} "))
+        assert int(line.split()[-1]) == counts.get(cls, 0), line
+    report = json.loads(pq.read_schema(out).metadata[b"wsi_stnuc"])["report"]
+    assert report["per_class"] == {c: int(counts.get(c, 0)) for c in report["per_class"]}
+    assert report["registration_qc"]["matched_fraction"] > 0.8
+    assert "WARNING" not in res.output
+    png = tmp_path / "hw.qc.png"
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == SIZE_PX
+        assert np.asarray(im.convert("L")).std() > 10  # a picture, not a blank canvas
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == len(set(lines))  # nothing printed twice
+
+
+def test_labels_qc_options_and_weak_registration_warning(bundle_dir, tmp_path):
+    base = [*_labels_args(bundle_dir, tmp_path / "q.parquet"), "--no-refine"]
+    a = np.linalg.inv(M) @ np.diag([1 / PS, 1 / PS, 1])
+    a[0, 2] += 12.0  # 6 µm off: every ST nucleus lands between H&E nuclei
+    text = ",".join(f"{v:.10g}" for v in a[:2].ravel())
+    res = CliRunner().invoke(cli, [*base, "--matrix", text])
+    assert res.exit_code == 0, res.output
+    assert "WARNING: registration looks weak" in res.output
+    # The QC thresholds reach qc_cells: nuclei are ~49 µm², counts ~60 per cell.
+    for option, value, reason in (("--max-area", "40", "nucleus_area"),
+                                  ("--min-area", "60", "nucleus_area"),
+                                  ("--min-counts", "100000", "low_counts")):  # fmt: skip
+        res = CliRunner().invoke(cli, [*base, "--matrix", text, option, value])
+        assert res.exit_code == 2 and "no cell survives QC" in res.output
+        assert f"dropped: {reason}" in res.output and " 150" in res.output
+
+
 def test_labels_matrix_and_errors(bundle_dir, tmp_path):
     r = bundle_dir["root"]
     base = [

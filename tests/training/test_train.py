@@ -121,3 +121,47 @@ def test_val_steps_sets_how_often_to_validate(tiny_dataset, tmp_path):
     train_model(tiny_dataset, tmp_path / "v", cfg, progress=False)
     log = pd.read_csv(tmp_path / "v" / "log.csv")
     assert list(log.loc[log["val_pq"].notna(), "epoch"]) == [2, 4, 5]
+
+
+def test_log_lines_run_record_and_curves(tiny_dataset, tmp_path, caplog, capsys):
+    import json
+    import logging
+
+    from PIL import Image
+
+    from wsi_stnuc.training.curves import DPI, FIGSIZE
+
+    # 9 training patches at batch 3 = 3 steps per epoch; validate every 2nd epoch (and last).
+    cfg = TrainConfig(epochs=3, batch_size=3, width=8, depth=2, device="cpu", threads=1,
+                      val_every=2, seed=5)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="wsi_stnuc.training.train"):
+        train_model(tiny_dataset, tmp_path / "l", cfg, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch")]
+    assert len(lines) == 3 and not any("nan" in x.lower() for x in lines)
+    assert "val PQ" not in lines[0] and "val PQ" in lines[1] and "val PQ" in lines[2]
+    assert lines[0].startswith("epoch 1 (step 3): train loss ")
+    assert "\r" not in capsys.readouterr().err  # captured stderr is no terminal: no bar
+    record = json.loads((tmp_path / "l" / "run.json").read_text())
+    assert record["steps"] == 9 and record["seed"] == 5 and record["stop"] == "epochs"
+    assert record["time_capped"] is False and record["threads"] == 1
+    assert {"wsi_stnuc", "torch", "numpy"} <= set(record["versions"])
+    log = pd.read_csv(tmp_path / "l" / "log.csv")
+    assert {"val_f1_dark", "val_f1_light"} <= set(log.columns)
+    assert log["val_f1_dark"].dropna().between(0, 1).all()
+    with Image.open(tmp_path / "l" / "curves.png") as im:
+        assert im.format == "PNG" and im.size == (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI)
+        assert np.asarray(im.convert("L")).std() > 10
+
+
+def test_time_cap_stops_early_and_says_so(tiny_dataset, tmp_path, caplog):
+    import json
+    import logging
+
+    cfg = TrainConfig(epochs=50, batch_size=3, width=8, depth=2, device="cpu", threads=1,
+                      max_minutes=1e-6)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="wsi_stnuc.training.train"):
+        train_model(tiny_dataset, tmp_path / "c", cfg, progress=False)
+    record = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert record["time_capped"] is True and record["stop"] == "time_cap"
+    assert record["steps"] == 1 < record["step_budget"]
+    assert any("time cap" in r.getMessage() for r in caplog.records)

@@ -49,6 +49,8 @@ from wsi_stnuc.formats import Cohort
 from wsi_stnuc.inference.identity import SlideIdentity, output_name, safe_name
 from wsi_stnuc.inference.lock import LockHeld
 from wsi_stnuc.inference.manifest import merge_rows
+from wsi_stnuc.inference.report import write_cohort_report
+from wsi_stnuc.progress import bar_disable
 from wsi_stnuc.slide.registry import IMAGE_SUFFIXES, TIFF_SUFFIXES, VENDOR_SUFFIXES, ZARR_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -354,7 +356,7 @@ def run_cohort(
         else:
             unwritten.clear()
 
-    bar = tqdm(total=len(jobs), desc="slides", unit="slide", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="slides", unit="slide", disable=bar_disable(progress))
     try:
         if distributed:
             _run_distributed(jobs, model, out_dir, options, scheduler, local_cluster,
@@ -365,6 +367,11 @@ def run_cohort(
                 bar.update(1)
     finally:
         bar.close()
+    try:
+        write_cohort_report(rows, out_dir)
+    except OSError as exc:  # the results are written; a report is not worth failing on
+        errors.append(f"{out_dir}: cohort report not written ({exc})")
+        log.error(errors[-1])
     result = CohortResult(rows, out_dir / MANIFEST, out_dir / SUMMARY, errors)
     log.info("cohort: %d slides, %d failed, %d held by another run", len(rows),
              result.n_failed, result.n_locked)  # fmt: skip

@@ -56,6 +56,7 @@ from wsi_stnuc.formats import LabelCols, NucleusCols, QuPath
 from wsi_stnuc.inference.features import FEATURE_COLUMNS, nucleus_features
 from wsi_stnuc.inference.identity import SlideIdentity, settings_diff, settings_key
 from wsi_stnuc.inference.lock import LOCK_SUFFIX, locked
+from wsi_stnuc.inference.overview import write_slide_overview
 from wsi_stnuc.inference.segmenter import (  # noqa: F401 - re-exported, the public names here
     InstanceResult,
     Segmenter,
@@ -67,6 +68,7 @@ from wsi_stnuc.inference.segmenter import (  # noqa: F401 - re-exported, the pub
 )
 from wsi_stnuc.inference.stitch import stitch_tile
 from wsi_stnuc.io_utils import atomic_path
+from wsi_stnuc.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +280,7 @@ def _run_batches(
     stream = stream_tiles(slide, todo_grid, max_in_flight=2 * batch_size, num_workers=workers,
                           scheduler=reader)  # fmt: skip
     attrs, slide_mpp = dict(grid.attrs), tuple(slide.mpp)
-    bar = tqdm(total=len(todo_grid), desc=label, unit="tile", disable=not progress, leave=False)
+    bar = tqdm(total=len(todo_grid), desc=label, unit="tile", disable=bar_disable(progress), leave=False)
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max(1, workers)) as pool:
         try:
@@ -610,5 +612,6 @@ def _infer_locked(slide, seg: Segmenter, paths: dict[str, Path], name: str,
     with atomic_path(paths["summary"]) as tmp:
         tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
     shutil.rmtree(paths["parts"], ignore_errors=True)
+    write_slide_overview(result, slide)
     log.info("%s: %d nuclei in %.1f s", name, n, result.seconds)
     return result

@@ -1,4 +1,4 @@
-"""Ownership stitching: each nucleus belongs to exactly one tile (ARCHITECTURE.md contract).
+"""Ownership stitching: each nucleus belongs to exactly one tile (docs/DESIGN.md, "Ownership stitching").
 
 A tile is read with a halo around its core. An instance found in the tile is kept iff its
 centroid (level-0, from the instance's pixels) lies in the tile's core box, half-open

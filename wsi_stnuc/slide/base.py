@@ -1,6 +1,6 @@
 """The slide-reader protocol: one base class every backend implements.
 
-Coordinate contract (see ARCHITECTURE.md): every position is in **level-0 pixels**, float,
+Coordinate contract (see docs/DESIGN.md, "Conventions"): every position is in **level-0 pixels**, float,
 x to the right, y down, origin at the top-left corner of the top-left pixel; pixel (row i,
 col j) covers ``[j, j+1) x [i, i+1)``. Images are ``H x W x 3`` uint8 RGB; anything outside
 the slide reads as white (255). Physical size comes from the slide's µm/px (``mpp``), which a

@@ -16,6 +16,7 @@ import numpy as np
 
 from wsi_stnuc.errors import InputError
 from wsi_stnuc.io_utils import atomic_path
+from wsi_stnuc.progress import bar_disable
 from wsi_stnuc.slide.base import SlideReader
 from wsi_stnuc.slide.registry import open_slide
 from wsi_stnuc.slide.workers import cached_reader
@@ -147,7 +148,7 @@ def convert_to_ome_zarr(
             with (
                 dask.config.set(num_workers=num_workers),
                 TqdmCallback(
-                    desc=f"level {k} {level.shape[2]}x{level.shape[1]}", disable=not progress
+                    desc=f"level {k} {level.shape[2]}x{level.shape[1]}", disable=bar_disable(progress)
                 ),
             ):
                 da.store(level, array, lock=False, scheduler="threads")

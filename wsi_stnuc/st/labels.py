@@ -71,6 +71,17 @@ class LabelReport:
     residual_before_um: float | None = None
     residual_after_um: float | None = None
     matrix: list[list[float]] | None = None
+    off_nucleus: int | None = None  # set by recount_classes after H&E support weighting
+    registration_qc: dict | None = None  # wsi_stnuc.st.registration_qc.RegistrationQC.to_dict
+
+    def recount_classes(self, labels: pd.DataFrame, classes: ClassTable) -> None:
+        """Count the classes again from ``labels`` (after they changed, e.g. polygons off
+        their nucleus sent to ``unknown``), so the report matches the file written."""
+        before = self.per_class.get(UNKNOWN, 0)
+        per_class = labels[L.IMAGE_CLASS].value_counts()
+        self.per_class = {c: int(per_class.get(c, 0)) for c in (*classes.names, UNKNOWN)}
+        self.off_nucleus = self.per_class[UNKNOWN] - before
+        self.n_labels = len(labels)
 
     def to_frame(self) -> pd.DataFrame:
         rows = [("cells in", self.cells_in)]
@@ -78,6 +89,8 @@ class LabelReport:
         rows += [("cells after QC", self.qc.n_out)]
         rows += [("unknown: low confidence", self.low_confidence)]
         rows += [("unknown: type not in taxonomy", self.unmapped)]
+        if self.off_nucleus is not None:
+            rows += [("unknown: off their nucleus (H&E)", self.off_nucleus)]
         rows += [(f"class: {k}", v) for k, v in self.per_class.items()]
         rows += [("nuclei labelled", self.n_labels)]
         return pd.DataFrame(rows, columns=["step", "count"]).set_index("step")
@@ -103,6 +116,8 @@ class LabelReport:
             "residual_before_um": self.residual_before_um,
             "residual_after_um": self.residual_after_um,
             "matrix": self.matrix,
+            "off_nucleus": self.off_nucleus,
+            "registration_qc": self.registration_qc,
         }
 
 

@@ -19,7 +19,7 @@ from wsi_stnuc.slide.write import write_pyramidal_tiff
 from wsi_stnuc.synth.expression import panel_genes, sample_counts, write_panel_yaml
 from wsi_stnuc.synth.fields import make_layout
 from wsi_stnuc.synth.noise import NoisyST, STNoise
-from wsi_stnuc.synth.nuclei import TYPE_NAMES, sample_nuclei
+from wsi_stnuc.synth.nuclei import TYPE_NAMES, sample_nuclei, visible_polygons
 from wsi_stnuc.synth.painter import paint_he
 from wsi_stnuc.synth.st_side import (
     ALIGNMENT_PREFIX,
@@ -29,6 +29,7 @@ from wsi_stnuc.synth.st_side import (
     slide_to_microns,
     write_st_side,
 )
+from wsi_stnuc.synth.style import PaintStyle
 
 __all__ = [
     "ALIGNMENT_PREFIX",
@@ -131,6 +132,7 @@ def make_synthetic_bundle(
     taxonomy: Taxonomy | None = None,
     jpeg_quality: int = 85,
     transcripts: bool = False,
+    style: PaintStyle | None = None,
 ) -> SyntheticBundle:
     """Generate a slide, its Xenium bundle and the truth under ``out_dir``; return the paths.
 
@@ -141,7 +143,9 @@ def make_synthetic_bundle(
     ``STNoise()`` makes the ST nuclei equal the truth. ``low_count_fraction`` of cells get ~8x
     fewer transcripts. ``transcripts`` also writes ``transcripts.parquet``. Files: ``slide.tif``
     (JPEG pyramidal TIFF, mpp in the resolution tags), ``xenium/`` (with
-    ``synthetic_he_imagealignment.csv``), ``truth.parquet``, ``panel.yaml``.
+    ``synthetic_he_imagealignment.csv``), ``truth.parquet``, ``panel.yaml``. ``style``
+    (:class:`~wsi_stnuc.synth.style.PaintStyle`, default ``clean()``) sets how hard the image
+    is; with overlapping nuclei the truth and ST outlines are the visible parts.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,14 +155,16 @@ def make_synthetic_bundle(
     shape = (int(height), int(width))
 
     layout = make_layout(rng, shape, mpp)
-    nuclei = sample_nuclei(layout, rng, mpp, density=density)
-    rgb, _ = paint_he(layout, nuclei, rng, mpp)
+    style = style or PaintStyle.clean()
+    nuclei = sample_nuclei(layout, rng, mpp, density=density, gap_um=style.gap_um,
+                           max_overlap=style.max_overlap)  # fmt: skip
+    rgb, _ = paint_he(layout, nuclei, rng, mpp, style=style)
     slide = write_pyramidal_tiff(
         out / SLIDE_NAME, rgb, mpp, quality=jpeg_quality, description="wsi-stnuc synthetic H&E"
     )
     del rgb
 
-    polygons = nuclei.polygons()
+    polygons = visible_polygons(nuclei)
     types = np.asarray(TYPE_NAMES, dtype=object)[nuclei.kind]
     genes = panel_genes()
     counts, controls = sample_counts(
@@ -198,5 +204,6 @@ def make_synthetic_bundle(
         pixel_size=pixel_size,
         n_nuclei=len(nuclei),
         n_cells=len(st_ids),
-        meta={"seed": seed, "noise": noise, "misregistration": noisy.misregistration},
+        meta={"seed": seed, "noise": noise, "misregistration": noisy.misregistration,
+              "style": style},  # fmt: skip
     )

@@ -1,9 +1,11 @@
-"""Synthetic nuclei: per-type shape laws, placement without overlap, exact polygons.
+"""Synthetic nuclei: per-type shape laws, placement (apart, touching or overlapping), polygons.
 
 A nucleus is a star-shaped ellipse: in its own frame (semi-axes ``a`` along ``theta``, ``b``
 across) the boundary radius at angle ``phi`` is ``1 + sum_k amp_k cos(k phi + phase_k)``
 (k = 2, 3). The polygon and the raster (painter) evaluate the same formula, so the truth
-polygon is exactly the painted outline up to pixel discretisation.
+polygon is exactly the painted outline up to pixel discretisation. Where nuclei overlap, the
+one with the higher ``depth`` lies on top: :func:`visible_polygons` gives the outlines as seen
+(the lower nucleus loses the overlap), which is what the painter's instance map shows.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Nuclei:
     phase: np.ndarray  # N x len(HARMONICS)
     kind: np.ndarray
     nucleolus: np.ndarray  # N x 2, nucleolus centre in the unit frame
+    depth: np.ndarray  # drawing order: where two overlap, the higher depth is on top
 
     def __len__(self) -> int:
         return len(self.cx)
@@ -121,12 +124,15 @@ def sample_nuclei(
     spacing_um: float = 6.5,
     gap_um: float = 0.6,
     density: float = 1.0,
+    max_overlap: float = 0.0,
 ) -> Nuclei:
-    """Place nuclei on a jittered grid by region, then keep a non-overlapping subset.
+    """Place nuclei on a jittered grid by region, then keep a subset without conflicts.
 
-    Sites are accepted with the region's probability (times ``density``); nuclei closer than
-    ``gap_um`` are resolved by a random-priority greedy independent set, so tumour nests end
-    up packed and stroma sparse.
+    Sites are accepted with the region's probability (times ``density``). Two nuclei conflict
+    when closer than ``gap_um`` (``max_overlap`` 0) or, with ``max_overlap`` > 0, when they
+    overlap by more than that fraction of the smaller one (so touching and slightly
+    overlapping nuclei stay). Conflicts are resolved by a random-priority greedy independent
+    set, so tumour nests end up packed and stroma sparse.
     """
     h, w = layout.tissue.shape
     step = spacing_um / mpp
@@ -154,18 +160,76 @@ def sample_nuclei(
     amp = np.abs(rng.normal(0, 1, (n, len(HARMONICS)))) * tab["irregularity"][kind][:, None]
     phase = rng.uniform(0, 2 * np.pi, (n, len(HARMONICS)))
     nucleolus = rng.uniform(-0.3, 0.3, (n, 2))
-    nuclei = Nuclei(x, y, a, b, theta, amp, phase, kind, nucleolus)
+    nuclei = Nuclei(x, y, a, b, theta, amp, phase, kind, nucleolus, np.arange(n))
 
     polys = nuclei.polygons()
     # Keep nuclei whose outline stays inside the image.
     xmin, ymin, xmax, ymax = shapely.bounds(polys).T
     inside = (xmin >= 1) & (ymin >= 1) & (xmax <= w - 1) & (ymax <= h - 1)
     nuclei, polys = nuclei.take(np.flatnonzero(inside)), polys[inside]
-    tree = shapely.STRtree(polys)
-    pairs = tree.query(polys, predicate="dwithin", distance=gap_um / mpp)
-    pairs = pairs[:, pairs[0] != pairs[1]]
+    pairs = _conflicts(polys, gap_um / mpp, max_overlap)
     kept = _independent_set(pairs, len(nuclei), rng.permutation(len(nuclei)))
     # Row-major order of the final nuclei makes ids spatially coherent, like Xenium's.
     idx = np.flatnonzero(kept)
     order = np.lexsort((nuclei.cx[idx], np.round(nuclei.cy[idx] / (50 / mpp))))
-    return nuclei.take(idx[order])
+    nuclei = nuclei.take(idx[order])
+    # Drawn only with overlap, so the random stream (and image) of max_overlap 0 is as before.
+    n_kept = len(nuclei)
+    nuclei.depth = rng.permutation(n_kept) if max_overlap > 0 else np.arange(n_kept)
+    return nuclei
+
+
+def _conflicts(polys: np.ndarray, gap_px: float, max_overlap: float) -> np.ndarray:
+    """``2 x M`` index pairs of outlines too close (``max_overlap`` 0) or overlapping too much."""
+    tree = shapely.STRtree(polys)
+    if max_overlap <= 0:
+        pairs = tree.query(polys, predicate="dwithin", distance=gap_px)
+        return pairs[:, pairs[0] != pairs[1]]
+    pairs = tree.query(polys, predicate="intersects")
+    pairs = pairs[:, pairs[0] != pairs[1]]
+    inter = shapely.area(shapely.intersection(polys[pairs[0]], polys[pairs[1]]))
+    smaller = np.minimum(shapely.area(polys[pairs[0]]), shapely.area(polys[pairs[1]]))
+    return pairs[:, inter > max_overlap * smaller]
+
+
+def visible_polygons(nuclei: Nuclei, n_vertices: int = 32) -> np.ndarray:
+    """Outlines as seen: a nucleus loses what nuclei of higher ``depth`` cover of it.
+
+    Each nucleus is cut by its overlapping neighbours one round per neighbour (a nucleus has
+    few), so the work is vectorised over nuclei. A cut that splits a nucleus keeps its largest
+    part; the result is one valid Polygon per nucleus, the painter's instance map in vector form.
+    """
+    polys = nuclei.polygons(n_vertices)
+    i, j = shapely.STRtree(polys).query(polys, predicate="intersects")
+    below = (i != j) & (nuclei.depth[i] < nuclei.depth[j])
+    i, j = i[below], j[below]
+    if not len(i):
+        return polys
+    order = np.argsort(i, kind="stable")
+    i, j = i[order], j[order]
+    rank = np.arange(len(i)) - np.searchsorted(i, i)  # k-th cover of nucleus i
+    out = polys.copy()
+    for k in range(int(rank.max()) + 1):
+        sel = rank == k
+        out[i[sel]] = shapely.difference(out[i[sel]], polys[j[sel]])
+    return _largest_parts(shapely.make_valid(out))
+
+
+def _largest_parts(geoms: np.ndarray) -> np.ndarray:
+    """One Polygon per geometry: the largest polygonal part of each."""
+    multi = shapely.get_type_id(geoms) != shapely.GeometryType.POLYGON
+    if not multi.any():
+        return geoms
+    parts, owner = shapely.get_parts(geoms[multi], return_index=True)
+    parts_area = np.where(shapely.get_type_id(parts) == 3, shapely.area(parts), -1.0)
+    best = _argmax_per_group(owner, parts_area)
+    out = geoms.copy()
+    out[np.flatnonzero(multi)] = parts[best]
+    return out
+
+
+def _argmax_per_group(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of the largest ``values`` entry per group (groups 0..G-1, each non-empty)."""
+    order = np.lexsort((-values, groups))
+    first = np.r_[True, groups[order][1:] != groups[order][:-1]]
+    return order[first]

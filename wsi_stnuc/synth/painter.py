@@ -3,7 +3,9 @@
 Hematoxylin and eosin concentration maps are built separately (eosin: stroma fibres, denser
 tumour cytoplasm; hematoxylin: nuclei with type-specific density, membrane rim, nucleolus and
 chromatin texture), mixed with stain vectors in optical-density space, blurred like optics and
-converted to RGB. The instance map of the painted nuclei is returned alongside.
+converted to RGB. The instance map of the painted nuclei is returned alongside. A
+:class:`~wsi_stnuc.synth.style.PaintStyle` sets how hard the image is (overlap, pale chromatin,
+stain and focus drift, debris; :mod:`wsi_stnuc.synth.artefacts`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
+from wsi_stnuc.synth.artefacts import debris_od, defocus, stain_strength
 from wsi_stnuc.synth.fields import Layout, smooth_field
 from wsi_stnuc.synth.nuclei import NUCLEUS_TYPES, Nuclei
+from wsi_stnuc.synth.style import PaintStyle
 
 # Ruifrok & Johnston stain vectors (optical density per unit concentration, R G B).
 HEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29], dtype=np.float32)
@@ -29,19 +33,27 @@ def rasterize_nuclei(
     texture: np.ndarray,
     *,
     chunk: int = 1024,
+    style: PaintStyle | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Instance map (int32, ids 1..N in order) and the nuclear hematoxylin/eosin OD maps.
 
     Nuclei are evaluated in chunks on a fixed window around each centre (pixel centres at
-    ``+0.5``), with the same boundary formula as :meth:`Nuclei.polygons`.
+    ``+0.5``), with the same boundary formula as :meth:`Nuclei.polygons`. Where nuclei overlap,
+    the instance map shows the one of highest ``depth`` and the hematoxylin adds up (stacked
+    chromatin is darker). ``style.pale_factor`` / ``pale_chromatin`` make the vesicular type
+    (the one with a membrane rim) paler and more clumped.
     """
+    style = style or PaintStyle.clean()
     h, w = shape
-    inst = np.zeros(shape, dtype=np.int32)
+    top = np.full(shape, -1, dtype=np.int64)  # highest depth painted at each pixel
     hema = np.zeros(shape, dtype=np.float32)
     eos = np.zeros(shape, dtype=np.float32)
     hema_k = np.array([t.hema for t in NUCLEUS_TYPES], dtype=np.float32)
     rim_k = np.array([t.rim for t in NUCLEUS_TYPES], dtype=np.float32)
     chrom_k = np.array([t.chromatin for t in NUCLEUS_TYPES], dtype=np.float32)
+    vesicular = rim_k > 0.3
+    hema_k = np.where(vesicular, hema_k * style.pale_factor, hema_k)
+    chrom_k = np.where(vesicular, chrom_k + style.pale_chromatin, chrom_k)
     nucl_k = np.array([t.nucleolus_um for t in NUCLEUS_TYPES], dtype=np.float32)
     # Chunks of similar size keep the windows tight (lymphocytes need a third of a spindle's).
     reach = np.maximum(nuclei.a, nuclei.b) * (1 + nuclei.amp.sum(axis=1))
@@ -75,10 +87,13 @@ def rasterize_nuclei(
         od = np.where(dot, od + 0.9, od)
         n_idx, yy, xx = np.nonzero(inside)
         gy, gx = iy[n_idx, yy, 0], ix[n_idx, 0, xx]
-        inst[gy, gx] = rows[n_idx] + 1
-        hema[gy, gx] = np.maximum(od[n_idx, yy, xx], 0.05)
-        eos[gy, gx] = np.where(dot[n_idx, yy, xx], 0.5, 0.08)
-    return inst, hema, eos
+        np.maximum.at(top, (gy, gx), nuclei.depth[rows[n_idx]])
+        np.add.at(hema, (gy, gx), np.maximum(od[n_idx, yy, xx], 0.05))
+        np.maximum.at(eos, (gy, gx), np.where(dot[n_idx, yy, xx], 0.5, 0.08).astype(np.float32))
+    by_depth = np.empty(len(nuclei) + 1, dtype=np.int32)  # depth -> id; index -1 -> 0
+    by_depth[nuclei.depth] = np.arange(1, len(nuclei) + 1)
+    by_depth[-1] = 0
+    return by_depth[top], hema, eos
 
 
 def oriented_fibres(
@@ -136,8 +151,15 @@ def paint_he(
     *,
     blur_um: float = 0.45,
     noise: float = 0.02,
+    style: PaintStyle | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (RGB uint8 H x W x 3, instance map int32) of an H&E-like section."""
+    """Return (RGB uint8 H x W x 3, instance map int32) of an H&E-like section.
+
+    ``style`` (default :meth:`PaintStyle.clean`) adds overlap shading, pale chromatin, stain
+    and focus drift and debris; the random draws for them come after the clean ones, so a
+    clean image of a seed is the same whatever the style code does.
+    """
+    style = style or PaintStyle.clean()
     shape = layout.tissue.shape
     soft = blur_mask(layout.tissue, 3 / mpp)
     # Eosin: collagen fibres along the local direction, denser pink cytoplasm in nests.
@@ -150,14 +172,17 @@ def paint_he(
     hema = soft * (0.05 + 0.05 * nest + 0.08 * lymph)
     # Chromatin texture: fine-grained noise at ~0.7 µm.
     texture = smooth_field(rng, shape, 0.35 / mpp, coarse=1)
-    inst, nuc_h, nuc_e = rasterize_nuclei(nuclei, shape, mpp, texture)
+    inst, nuc_h, nuc_e = rasterize_nuclei(nuclei, shape, mpp, texture, style=style)
     in_nuc = inst > 0
     hema = np.where(in_nuc, nuc_h, hema)
     eos = np.where(in_nuc, nuc_e + 0.3 * eos, eos)
+    od_noise = noise * rng.standard_normal((*shape, 3), dtype=np.float32)
+    if style.debris_per_mm2 > 0:
+        hema = np.maximum(hema, debris_od(rng, layout.tissue, mpp, style.debris_per_mm2))
+    h_gain, e_gain = stain_strength(rng, shape, mpp, style.stain_cv)
     # Optical blur is linear in OD, so blurring the two stain maps equals blurring RGB OD.
-    hema = ndimage.gaussian_filter(hema, blur_um / mpp)
-    eos = ndimage.gaussian_filter(eos, blur_um / mpp)
+    hema, eos = defocus((hema * h_gain, eos * e_gain), rng, mpp, sharp_um=blur_um, style=style)
     od = hema[..., None] * HEMATOXYLIN_OD + eos[..., None] * EOSIN_OD + BACKGROUND_OD
-    od += noise * rng.standard_normal(od.shape, dtype=np.float32)
+    od += od_noise
     rgb = 255.0 * np.exp(-np.clip(od, 0, None))
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8), inst

@@ -1,6 +1,6 @@
 """Write a directory in the 10x Xenium output format from cells, nucleus polygons and counts.
 
-The files follow what Xenium Onboard Analysis writes (see ARCHITECTURE.md, "Xenium facts"):
+The files follow what Xenium Onboard Analysis writes (see docs/DESIGN.md, "Conventions"):
 ``cells.parquet``, vertex tables for nucleus (and cell) boundaries, the 10x HDF5 feature
 matrix (CSC, barcodes as columns), ``experiment.xenium`` and, optionally, the H&E alignment CSV
 and ``transcripts.parquet``. All geometry is in µm of the morphology frame.

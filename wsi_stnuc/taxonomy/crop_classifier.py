@@ -263,7 +263,7 @@ def cross_validate_crops(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, total=len(folds), desc="spatial CV", unit="fold")
+        iterator = tqdm(iterator, total=len(folds), desc="spatial CV", unit="fold", disable=None)  # TTY only
     with torch_threads(threads):
         for f, (train, test) in iterator:
             model = train_crop_cnn(

@@ -212,7 +212,7 @@ def extract_crops(
         if progress:
             from tqdm import tqdm
 
-            groups = tqdm(groups, desc="crops", unit="region")
+            groups = tqdm(groups, desc="crops", unit="region", disable=None)  # TTY only
         for g in groups:
             out[g.index] = crops_from_region(g.image, g.u, g.v, size)
     finally:

@@ -385,6 +385,7 @@ def build_section_dataset(
     import zarr
     from tqdm import tqdm
 
+    from wsi_stnuc.progress import bar_disable
     from wsi_stnuc.slide.registry import open_slide
     from wsi_stnuc.training.label_refine import refine_tile_targets
 
@@ -409,7 +410,7 @@ def build_section_dataset(
         root = zarr.open_group(str(tmp), mode="w")
         writer = _PatchWriter(root, n, patch)
         i = 0
-        bar = tqdm(total=n, desc="patches", unit="patch", disable=not progress)
+        bar = tqdm(total=n, desc="patches", unit="patch", disable=bar_disable(progress))
         for plan in plans:
             # Weight 0 outside the labelled extent: nuclei there are unlabelled, not background.
             label_box = tuple(float(v) for v in plan.labels.total_bounds)

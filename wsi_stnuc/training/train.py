@@ -2,11 +2,13 @@
 
 AdamW with a warm-up + cosine learning-rate schedule, AMP on CUDA, early stopping on the
 validation panoptic quality, ``best.pt`` and ``last.pt`` checkpoints (``last.pt`` carries the
-optimizer state, so :func:`train_model` can resume), and ``log.csv`` with one row per epoch.
+optimizer state, so :func:`train_model` can resume), ``log.csv`` with one row per epoch,
+``run.json`` (steps, why training stopped, seed, threads, versions) and ``curves.png``.
 
-Reproducibility: on CPU a run is deterministic for a given seed (shuffling uses a generator
-seeded per epoch, augmentations are seeded per (epoch, patch)) unless ``max_minutes`` is set —
-the schedule then follows the clock, which no seed controls.
+Reproducibility: on CPU a run is deterministic for a given seed and thread count (shuffling
+uses a generator seeded per epoch, augmentations are seeded per (epoch, patch)). The schedule
+follows the step budget; ``max_minutes`` is only a safety cap, and a run it stops is marked
+(``run.json`` ``time_capped``, a warning) because the clock is what no seed controls.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 BEST = "best.pt"
 LAST = "last.pt"
 LOG = "log.csv"
+RUN = "run.json"
+CURVES = "curves.png"
 
 
 @dataclass
@@ -42,8 +46,8 @@ class TrainConfig:
     (None: about every ``val_steps`` steps, and always after the last epoch); ``patience`` counts
     validations. ``threads``: torch CPU threads (None: torch's). ``max_steps``: stop after so
     many optimizer steps (the schedule then spans ``max_steps``, not ``epochs``); a step budget
-    makes runs on different machines or under different loads comparable, a wall budget
-    (``max_minutes``) does not. ``augment_preset``: ``"strong"`` (default) or ``"light"``
+    makes runs on different machines or under different loads comparable; ``max_minutes`` is a
+    safety cap that stops a run early (and marks it so) but never changes its schedule. ``augment_preset``: ``"strong"`` (default) or ``"light"``
     colour jitter (:class:`~wsi_stnuc.training.augment.AugmentConfig`). ``soft_classes``: class
     targets are the typing's class probabilities (the dataset's ``class_probs``) instead of
     the hard classes; see :func:`~wsi_stnuc.model.losses.hovernet_loss`.
@@ -115,8 +119,9 @@ def _pooled_pq(stats: list[dict]) -> dict:
 
 
 def evaluate(model, dataset, device, batch_size: int = 8, amp: bool = False) -> dict:
-    """Validation figures: mean loss, pooled PQ/DQ/SQ after post-processing, and the pixel
-    accuracy of the class head on nuclei of known class (``cls_acc``).
+    """Validation figures: mean loss, pooled PQ/DQ/SQ after post-processing, the pixel
+    accuracy of the class head on nuclei of known class (``cls_acc``) and its per-class pixel
+    F1 there (``f1_<class>``).
 
     Pixels of weight 0 (outside the labelled area) are blanked in truth and prediction.
     """
@@ -128,7 +133,8 @@ def evaluate(model, dataset, device, batch_size: int = 8, amp: bool = False) -> 
 
     model.eval()
     losses, stats = [], []
-    hit = total = 0
+    n_cls = len(dataset.classes.names)
+    confusion = np.zeros((n_cls + 1, n_cls + 1), np.int64)  # true x predicted, known pixels
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
@@ -152,12 +158,24 @@ def evaluate(model, dataset, device, batch_size: int = 8, amp: bool = False) -> 
             cls = it["cls"].numpy()
             known = valid & (cls > 0) & (cls != 255)
             pred_cls = tp[j][1:].argmax(0) + 1
-            hit += int((pred_cls[known] == cls[known]).sum())
-            total += int(known.sum())
+            pair = cls[known].astype(np.int64) * (n_cls + 1) + pred_cls[known]
+            confusion += np.bincount(pair, minlength=confusion.size).reshape(confusion.shape)
     result = _pooled_pq(stats)
     result["loss"] = sum(losses) / max(len(dataset), 1)
-    result["cls_acc"] = hit / total if total else float("nan")
+    total = confusion.sum()
+    result["cls_acc"] = float(np.trace(confusion) / total) if total else float("nan")
+    result.update(_class_f1(confusion, dataset.classes.names))
     return result
+
+
+def _class_f1(confusion: np.ndarray, names) -> dict:
+    """``f1_<class>``: pixel F1 of each class among nucleus pixels of known class (NaN for a
+    class neither present nor predicted)."""
+    tp = np.diag(confusion)[1:].astype(np.float64)
+    denom = confusion[1:, :].sum(1) + confusion[:, 1:].sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
+    return {f"f1_{name}": float(v) for name, v in zip(names, f1, strict=True)}
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
@@ -272,7 +290,7 @@ def _open_datasets(dataset_zarr: Path, cfg: TrainConfig):
 
 def _new_state() -> dict:
     return {"epoch": 0, "step": 0, "elapsed": 0.0, "best": float("nan"),
-            "best_loss": float("inf"), "bad_epochs": 0}  # fmt: skip
+            "best_loss": float("inf"), "bad_epochs": 0, "stop": ""}  # fmt: skip
 
 
 def _build_model(cfg: TrainConfig, n_classes: int, resume, device):
@@ -334,12 +352,14 @@ def _prepare_run(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume) -> _Ru
 
 
 def _train_epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, bool]:
-    """One epoch of optimizer steps: (mean loss terms, whether the budget is spent)."""
+    """One epoch of optimizer steps: (mean loss terms, whether the budget is spent; the state's
+    ``stop`` then says which: ``"max_steps"`` or ``"time_cap"``)."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from wsi_stnuc.model.losses import hovernet_loss
+    from wsi_stnuc.progress import bar_disable
 
     cfg, state = run.cfg, run.state
     run.model.train()
@@ -355,14 +375,12 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, bool]:
     n_seen = 0
     lr = cfg.lr
     budget_spent = False
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=bar_disable(progress), leave=False)
     for i, batch in enumerate(bar):
         if i >= run.steps_per_epoch:
             break
-        frac = state["step"] / run.total_steps
-        if run.time_budget:
-            frac = max(frac, run.elapsed() / run.time_budget)
-        lr = cfg.lr * lr_factor(frac, cfg.warmup_fraction)
+        # The schedule follows steps only: the time cap may cut a run short, never reshape it.
+        lr = cfg.lr * lr_factor(state["step"] / run.total_steps, cfg.warmup_fraction)
         for g in run.opt.param_groups:
             g["lr"] = lr
         batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
@@ -383,10 +401,11 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, bool]:
         if state["step"] % max(cfg.log_every, 1) == 0:
             bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", lr=f"{lr:.2e}")
             log.debug("step %d loss %.4f", state["step"], float(terms["total"].detach()))
-        if (run.time_budget and run.elapsed() >= run.time_budget) or (
-            state["step"] >= run.total_steps
-        ):
-            budget_spent = True
+        if state["step"] >= run.total_steps:
+            state["stop"], budget_spent = "max_steps" if cfg.max_steps else "epochs", True
+            break
+        if run.time_budget and run.elapsed() >= run.time_budget:
+            state["stop"], budget_spent = "time_cap", True
             break
     row = {"epoch": epoch, "step": state["step"], "lr": lr}
     row.update({f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()})
@@ -412,28 +431,65 @@ def _finish_epoch(run: _Run, epoch: int, row: dict, final: bool) -> dict:
         state["bad_epochs"] += 1
     run.checkpoint(run.out / LAST, {**metrics, "epoch": epoch})
     _write_log(run.out / LOG, run.rows)
-    log.info(
-        "epoch %d: train loss %.4f, val PQ %.3f, cls acc %.3f (%.0f s)", epoch,
-        row.get("train_total", float("nan")), metrics.get("pq", float("nan")),
-        metrics.get("cls_acc", float("nan")), row["seconds"],
-    )  # fmt: skip
+    log.info("%s", epoch_line(row))
     return metrics
+
+
+def epoch_line(row: dict) -> str:
+    """One log line per epoch; validation figures only on epochs that validated."""
+    text = f"epoch {row['epoch']} (step {row['step']}): train loss {row.get('train_total', 0):.4f}"
+    if "val_pq" in row:
+        text += f", val PQ {row['val_pq']:.3f}, cls acc {row.get('val_cls_acc', float('nan')):.3f}"
+    return text + f" ({row['seconds']:.0f} s)"
 
 
 def _train(dataset_zarr: Path, out: Path, cfg: TrainConfig, resume, progress: bool) -> Path:
     run = _prepare_run(dataset_zarr, out, cfg, resume)
+    run.state["stop"] = ""  # a resumed run stops for its own reason
     for epoch in range(run.state["epoch"] + 1, run.last_epoch + 1):
         row, budget_spent = _train_epoch(run, epoch, progress)
         _finish_epoch(run, epoch, row, final=budget_spent or epoch == run.last_epoch)
         if budget_spent:
-            log.info("budget used up after epoch %d (step %d)", epoch, run.state["step"])
             break
         if len(run.val_ds) and run.state["bad_epochs"] >= run.cfg.patience:
+            run.state["stop"] = "early_stop"
             log.info("early stop: no PQ gain in %d validations", run.cfg.patience)
             break
+    else:
+        run.state["stop"] = run.state["stop"] or "epochs"
+    if run.state["stop"] == "time_cap":
+        log.warning("time cap of %g min reached at step %d of %d: this run is shorter than "
+                    "its step budget and not reproducible", run.cfg.max_minutes,
+                    run.state["step"], run.total_steps)  # fmt: skip
     if not (out / BEST).exists():  # resumed a finished run, or zero epochs: keep last
         run.checkpoint(out / BEST, {"epoch": run.state["epoch"]})
+    _write_run_record(run)
     return out / BEST
+
+
+def _write_run_record(run: _Run) -> None:
+    """``run.json`` (what this run was: steps, stop reason, seed, threads, versions) and
+    ``curves.png``."""
+    import json
+
+    import torch
+
+    from wsi_stnuc import __version__
+    from wsi_stnuc.training.curves import plot_training_curves
+
+    state = run.state
+    record = {
+        "steps": state["step"], "step_budget": run.total_steps, "epochs": state["epoch"],
+        "stop": state["stop"], "time_capped": state["stop"] == "time_cap",
+        "seconds": run.elapsed(), "seed": run.cfg.seed, "threads": torch.get_num_threads(),
+        "device": str(run.device),
+        "best_val_pq": state["best"] if np.isfinite(state["best"]) else None,
+        "versions": {"wsi_stnuc": __version__, "torch": torch.__version__,
+                     "numpy": np.__version__},
+    }  # fmt: skip
+    with atomic_path(run.out / RUN) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=float))
+    plot_training_curves(run.rows, run.out / CURVES, classes=run.train_ds.classes.names)
 
 
 def config_from_dict(values: dict) -> TrainConfig:
