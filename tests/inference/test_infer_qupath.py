@@ -53,7 +53,7 @@ def slide(tmp_path_factory) -> Path:
 
 def _infer(slide: Path, out: Path, **kw):
     seg = Segmenter(_forward, 0.5, CLASSES, identity={"name": "oracle"})
-    return infer_slide(seg, slide, out, core=64, halo=24, batch_size=4, tissue=False,
+    return infer_slide(seg, slide, out, core=64, halo=24, max_area_um2=100, batch_size=4, tissue=False,
                        workers=1, progress=False, **kw)  # fmt: skip
 
 
