@@ -222,7 +222,7 @@ def score(work: Path, names: list[str], threads: int, device: str) -> dict:
     _, c_held, _, m_held = load_splits()
     classes = load_taxonomy().classes
     rows = {}
-    for name in ["baseline", *names]:
+    for name in dict.fromkeys(["baseline", *names]):
         ckpt = None if name == "baseline" else work / "runs" / name / "best.pt"
         c = score_model(ckpt, c_held, threads=threads, code_of_class=consep_codes(classes),
                         device=device)  # fmt: skip
@@ -244,7 +244,9 @@ def score(work: Path, names: list[str], threads: int, device: str) -> dict:
         cells = [c["pq"], c["aji"], c["f1d"], f1c.get(3), f1c.get(2), f1c.get(4),
                  m["pq"], m["aji"], m["f1d"], *r["organs"].values(), r["mpx_per_s_at_05"]]  # fmt: skip
         print(f"| {name} | " + " | ".join(fmt(v) for v in cells) + " |")
-    (work / "scores.json").write_text(json.dumps(rows, indent=1, default=float))
+    path = work / "scores.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**earlier, **rows}, indent=1, default=float))
     return rows
 
 
