@@ -24,7 +24,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         fsync_path(tmp)
         os.replace(tmp, path)
-        fsync_path(path.parent)
+        # The folder's own entry only: walking it would touch (and race with) everything that
+        # other writers create and remove beside this file.
+        fsync_path(path.parent, recursive=False)
     finally:
         if tmp.exists():
             if tmp.is_dir():
@@ -33,11 +35,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 tmp.unlink()
 
 
-def fsync_path(path: str | Path) -> None:
-    """Flush a file, or a folder's entries (and the files in it), to disk."""
+def fsync_path(path: str | Path, *, recursive: bool = True) -> None:
+    """Flush a file, or a folder's entries (and, with ``recursive``, the files in it), to disk."""
     path = Path(path)
     targets = [path]
-    if path.is_dir():
+    if path.is_dir() and recursive:
         targets = [p for p in path.rglob("*") if p.is_file()] + [path]
     for target in targets:
         flags = os.O_RDONLY | (os.O_DIRECTORY if target.is_dir() else 0)
